@@ -1,0 +1,31 @@
+# Two entry points: `make book` builds the HTML book, `make test` runs the tests.
+# Both create the virtual environment in .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+ROOT := $(abspath .)
+BIN := $(ROOT)/$(VENV)/bin
+PROFILE ?= default
+# Expensive results are cached by content here (see stagewise.cache); `make clean` drops them.
+export STAGEWISE_CACHE ?= $(ROOT)/_build/cache
+
+.PHONY: book test clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+book: $(VENV)/.installed
+	cd book && PATH=$(BIN):$$PATH STAGEWISE_PROFILE=$(PROFILE) \
+		jupyter-book build . --config $(ROOT)/_config.yml --toc $(ROOT)/_toc.yml \
+		--path-output $(ROOT) -W
+	@echo "The book is built: open file://$(ROOT)/_build/html/index.html"
+
+test: $(VENV)/.installed
+	PATH=$(BIN):$$PATH STAGEWISE_PROFILE=fast $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf _build
