@@ -36,25 +36,37 @@ class TheorySizes:
 
 
 @dataclass(frozen=True)
+class ToySizes:
+    """Chapters 2 and 3: the deep linear network."""
+
+    checkpoints: int
+    """Checkpoints recorded, evenly spaced over the 10 000 epochs of training."""
+
+
+@dataclass(frozen=True)
 class Profile:
     """All sizes of one profile, grouped by chapter."""
 
     name: str
     theory: TheorySizes
+    toy: ToySizes
 
 
 PROFILES: dict[str, Profile] = {
     "fast": Profile(
         name="fast",
         theory=TheorySizes(n_grid=60, mc_sizes=5, mc_draws=40_000),
+        toy=ToySizes(checkpoints=101),
     ),
     "default": Profile(
         name="default",
         theory=TheorySizes(n_grid=200, mc_sizes=9, mc_draws=200_000),
+        toy=ToySizes(checkpoints=201),
     ),
     "paper": Profile(
         name="paper",
         theory=TheorySizes(n_grid=400, mc_sizes=17, mc_draws=1_000_000),
+        toy=ToySizes(checkpoints=401),
     ),
 }
 

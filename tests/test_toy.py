@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+import torch
+
+from stagewise import toy
+
+
+@pytest.fixture(scope="module")
+def data():
+    return toy.hierarchy()
+
+
+@pytest.fixture(scope="module")
+def experiment():
+    return toy.run_toy_experiment(checkpoints=101)
+
+
+def test_hierarchy_matrices(data):
+    assert data.outputs.shape == (8, 15)
+    assert data.nodes[:3] == ("living", "animal", "plant")
+    squared = np.linalg.svd(data.outputs.T @ data.inputs, compute_uv=False) ** 2
+    np.testing.assert_allclose(squared, [15, 7, 3, 3, 1, 1, 1, 1], atol=1e-12)
+    assert toy.data_modes(data).blocks == ((0,), (1,), (2, 3), (4, 5, 6, 7))
+    assert len(data.splits()) == 7 and data.split("living").label == "animal | plant"
+
+
+def test_unknown_names_are_reported(data):
+    with pytest.raises(ValueError, match="unknown item 'wolf'"):
+        data.index("wolf")
+    with pytest.raises(ValueError, match="does not branch"):
+        data.split("dog")
+
+
+def test_zero_weight_leaves_the_item_untouched(data):
+    config = toy.TrainingConfig(epochs=500)
+    weights = torch.ones(2, 8, dtype=torch.float64)
+    weights[1, 3] = 0.0
+    run = toy.train_linear_network(data, config, np.array([0, 500]), weights)
+    W1_init = toy.network.initial_weights(config, data)[0]
+    # leave-one-out: the input column of the removed item never receives a gradient
+    torch.testing.assert_close(run.W1[1, -1, :, 3], W1_init[:, 3])
+    assert not torch.allclose(run.W1[0, -1, :, 3], W1_init[:, 3])
+
+
+def test_training_rejects_bad_arguments(data):
+    config = toy.TrainingConfig(epochs=10)
+    with pytest.raises(ValueError, match="record_epochs"):
+        toy.train_linear_network(data, config, np.array([0, 11]))
+    with pytest.raises(ValueError, match="sample_weights"):
+        toy.train_linear_network(data, config, np.array([0]), torch.ones(2, 5))
+    with pytest.raises(ValueError, match="positive"):
+        toy.TrainingConfig(learning_rate=0.0)
+
+
+def test_closed_form_solves_the_mode_equation():
+    s, tau, u0 = 1.7, 1200.0, 2e-5
+    t = np.linspace(0, 8000, 80_001)
+    u = toy.mode_strength(s, t, tau, u0)
+    assert u[0] == pytest.approx(u0)
+    # tau du/dt = 2 u (s - u)
+    np.testing.assert_allclose(tau * np.gradient(u, t), 2 * u * (s - u), atol=1e-6)
+    h = 1e-7
+    numeric = (toy.mode_strength(s + h, t, tau, u0) - toy.mode_strength(s - h, t, tau, u0)) / (2 * h)
+    np.testing.assert_allclose(toy.mode_strength_ds(s, t, tau, u0), numeric, atol=1e-5)
+
+
+def test_initial_strength_is_recovered(data):
+    basis = toy.data_modes(data)
+    epochs = np.linspace(0, 10_000, 2001)
+    u0 = np.linspace(1e-5, 4e-5, basis.rank)
+    strengths = toy.mode_strength(basis.s, epochs[:, None], 1200.0, u0)
+    np.testing.assert_allclose(toy.fit_initial_strengths(epochs, strengths, basis, 1200.0), u0, rtol=1e-2)
+    with pytest.raises(ValueError, match="never crosses"):
+        toy.fit_initial_strengths(epochs[:100], strengths[:100], basis, 1200.0)
+
+
+def test_trained_network_follows_closed_form(experiment):
+    predicted = toy.mode_strength(experiment.modes.s, experiment.epochs[:, None], experiment.tau,
+                                  experiment.initial_strengths())
+    assert np.abs(predicted - experiment.mode_strengths()).max() < 0.01
+
+
+def test_svd_response_with_a_degenerate_block():
+    rng = np.random.default_rng(0)
+    U, _ = np.linalg.qr(rng.normal(size=(6, 4)))
+    V, _ = np.linalg.qr(rng.normal(size=(5, 4)))
+    C = U @ np.diag([3.0, 2.0, 2.0, 2.0]) @ V.T
+    dC = rng.normal(size=(6, 5))
+    errors = toy.svd_response_errors(C, dC)
+    assert max(errors.values()) < 1e-5
+    # the naive diagonal formula in an arbitrary basis gets the block's split wrong
+    response = toy.svd_response(toy.correlation_modes(C), dC)
+    naive = np.sort(np.diag(response.Q)[1:])
+    assert not np.allclose(naive, np.sort(response.singular_value_derivatives()[1:]), atol=1e-3)
+
+
+def test_analytic_influence_matches_finite_differences(experiment):
+    epochs = experiment.epochs[::5]
+    u0 = experiment.block_initial_strengths()
+    analytic = toy.analytic_influence(experiment.data, epochs, experiment.tau, u0)
+    numeric = toy.finite_difference_influence(experiment.data, epochs, experiment.tau, u0)
+    assert np.abs(analytic - numeric).max() < 1e-6 * np.abs(analytic).max()
+    with pytest.raises(ValueError, match="equal inside each block"):
+        toy.analytic_influence(experiment.data, epochs, experiment.tau, experiment.initial_strengths())
+
+
+def test_removing_an_item_entirely_is_refused(experiment):
+    weights = np.ones(8)
+    weights[0] = 0.0
+    with pytest.raises(ValueError, match="nonzero weight"):
+        toy.closed_form_losses(experiment.data, experiment.epochs, experiment.tau,
+                               experiment.block_initial_strengths(), weights)
+
+
+def test_branches_open_from_the_root_down(experiment):
+    hidden, epochs, data = experiment.hidden(), experiment.epochs, experiment.data
+    onset = {s.parent: toy.separation_epoch(hidden, epochs, data, s, 0.1) for s in data.splits()}
+    assert onset["living"] < onset["animal"] < onset["mammal"]
+    with pytest.raises(ValueError, match="fraction"):
+        toy.separation_epoch(hidden, epochs, data, data.split("living"), 1.5)
+    assert toy.mds_trajectories(hidden[::10]).shape == (len(epochs[::10]), 8, 2)
