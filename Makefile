@@ -8,7 +8,7 @@ PROFILE ?= default
 # Expensive results are cached by content here (see stagewise.cache); `make clean` drops them.
 export STAGEWISE_CACHE ?= $(ROOT)/_build/cache
 
-.PHONY: book test clean
+.PHONY: book test bench clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ book: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	PATH=$(BIN):$$PATH STAGEWISE_PROFILE=fast $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Benchmarks against peers (bench/README.md); their extra requirements are bench-only.
+bench: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
+	$(BIN)/python bench/bif_devinterp.py
 
 clean:
 	rm -rf _build

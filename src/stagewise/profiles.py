@@ -41,6 +41,19 @@ class ToySizes:
 
     checkpoints: int
     """Checkpoints recorded, evenly spaced over the 10 000 epochs of training."""
+    bif_chains: int
+    """SGLD chains per checkpoint for the BIF trajectory."""
+    bif_draws: int
+    """SGLD draws per chain for the BIF trajectory."""
+    sweep_stride: int
+    """The hyperparameter sweep uses every ``sweep_stride``-th checkpoint."""
+    sweep_chains: int
+    sweep_draws: int
+    sweep_epsilons: tuple[float, ...]
+    sweep_nbetas: tuple[float, ...]
+    sweep_gammas: tuple[float, ...]
+    classical_stride: int
+    """The damped classical IF uses every ``classical_stride``-th checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -56,17 +69,35 @@ PROFILES: dict[str, Profile] = {
     "fast": Profile(
         name="fast",
         theory=TheorySizes(n_grid=60, mc_sizes=5, mc_draws=40_000),
-        toy=ToySizes(checkpoints=101),
+        toy=ToySizes(
+            checkpoints=101, bif_chains=4, bif_draws=400,
+            sweep_stride=10, sweep_chains=2, sweep_draws=200,
+            sweep_epsilons=(1e-5, 1e-3), sweep_nbetas=(1000, 5000), sweep_gammas=(1000, 5000),
+            classical_stride=4,
+        ),
     ),
     "default": Profile(
         name="default",
         theory=TheorySizes(n_grid=200, mc_sizes=9, mc_draws=200_000),
-        toy=ToySizes(checkpoints=201),
+        toy=ToySizes(
+            checkpoints=201, bif_chains=4, bif_draws=1000,
+            sweep_stride=8, sweep_chains=4, sweep_draws=500,
+            sweep_epsilons=(1e-5, 3e-5, 1e-4, 1e-3), sweep_nbetas=(300, 1000, 3000, 5000),
+            sweep_gammas=(1000, 5000, 20000),
+            classical_stride=4,
+        ),
     ),
     "paper": Profile(
         name="paper",
         theory=TheorySizes(n_grid=400, mc_sizes=17, mc_draws=1_000_000),
-        toy=ToySizes(checkpoints=401),
+        toy=ToySizes(
+            checkpoints=401, bif_chains=8, bif_draws=1000,
+            sweep_stride=4, sweep_chains=4, sweep_draws=1000,
+            sweep_epsilons=(1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 1e-3),
+            sweep_nbetas=(100, 300, 1000, 3000, 5000, 10000),
+            sweep_gammas=(100, 1000, 5000, 20000, 100000),
+            classical_stride=2,
+        ),
     ),
 }
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from stagewise.toy.data import Hierarchy
@@ -43,6 +44,29 @@ def time_constant(config: TrainingConfig, hierarchy: Hierarchy) -> float:
     return n_items * n_outputs / (2 * config.learning_rate)
 
 
+def reduced_rank_llc(inputs: int, hidden: int, outputs: int, rank: int) -> float:
+    """Learning coefficient of a two-layer linear network ``W2 W1`` (``inputs → hidden →
+    outputs``) at a true map of rank ``rank``: Aoyagi & Watanabe (2005), the two-layer case of
+    Aoyagi (2024).  With ``M, N, H, r`` = inputs, outputs, hidden, rank:
+
+    * ``N + r ≤ M + H``, ``M + r ≤ N + H``, ``H + r ≤ M + N``:
+      ``[2(H + r)(M + N) − (M − N)² − (H + r)² + δ] / 8``, ``δ = 1`` if ``M + H + N + r`` is odd;
+    * ``M + H < N + r``: ``(HM − Hr + Nr)/2``;  ``N + H < M + r``: ``(HN − Hr + Mr)/2``;
+    * ``M + N < H + r``: ``MN/2`` (the hidden layer is wide enough to be invisible).
+    """
+    M, N, H, r = inputs, outputs, hidden, rank
+    if not 0 <= r <= min(M, N, H):
+        raise ValueError(f"rank must lie in [0, min(inputs, outputs, hidden)], got {r}")
+    if M + N < H + r:
+        return M * N / 2
+    if M + H < N + r:
+        return (H * M - H * r + N * r) / 2
+    if N + H < M + r:
+        return (H * N - H * r + M * r) / 2
+    odd = (M + H + N + r) % 2
+    return (2 * (H + r) * (M + N) - (M - N) ** 2 - (H + r) ** 2 + odd) / 8
+
+
 def checkpoint_epochs(epochs: int, count: int) -> np.ndarray:
     """``count`` evenly spaced epochs from 0 to ``epochs`` inclusive (fewer if they collide)."""
     return np.unique(np.linspace(0, epochs, count).round().astype(int))
@@ -57,16 +81,38 @@ def initial_weights(config: TrainingConfig, hierarchy: Hierarchy) -> tuple[torch
     return W1 * config.init_std, W2 * config.init_std
 
 
+class DeepLinearNetwork(nn.Module):
+    """``x ↦ W2 W1 x`` as a torch module, for samplers and autograd (parameters ``W1``, ``W2``)."""
+
+    def __init__(self, W1: torch.Tensor, W2: torch.Tensor) -> None:
+        super().__init__()
+        self.W1 = nn.Parameter(W1.clone())
+        self.W2 = nn.Parameter(W2.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.W1.T @ self.W2.T
+
+
+def item_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Per-sample loss ``½‖y_i − f(x_i)‖²`` of a batch ``(x, y)``, shape ``(m,)``: the negative
+    log-likelihood of a unit-variance Gaussian model, up to a constant."""
+    x, y = batch
+    return 0.5 * ((model(x) - y) ** 2).sum(-1)
+
+
 @dataclass
 class Trajectory:
-    """Weights of ``R`` runs at ``T`` recorded epochs.
+    """``R`` runs recorded at ``T`` epochs.
 
-    ``W1`` has shape ``(R, T, hidden, inputs)`` and ``W2`` shape ``(R, T, outputs, hidden)``.
+    ``W1`` has shape ``(R, T, hidden, inputs)`` and ``W2`` shape ``(R, T, outputs, hidden)``
+    (``None`` when weights were not recorded); ``losses`` holds the per-sample losses
+    ``½‖y_i − W x_i‖²`` at the same epochs, ``(R, T, items)``.
     """
 
     epochs: np.ndarray
-    W1: torch.Tensor
-    W2: torch.Tensor
+    W1: torch.Tensor | None
+    W2: torch.Tensor | None
+    losses: torch.Tensor
 
     @property
     def network_map(self) -> torch.Tensor:
@@ -77,17 +123,13 @@ class Trajectory:
         """Hidden representations ``W1 x`` of each input, shape ``(R, T, items, hidden)``."""
         return torch.einsum("rthd,nd->rtnh", self.W1, torch.as_tensor(inputs, dtype=self.W1.dtype))
 
-    def sample_losses(self, hierarchy: Hierarchy) -> torch.Tensor:
-        """Per-sample losses ``½‖y_i − W x_i‖²``, shape ``(R, T, items)``."""
-        return per_sample_loss(self.network_map, hierarchy)
+    def state_dicts(self, run: int = 0, dtype: torch.dtype = torch.float64) -> list[dict[str, torch.Tensor]]:
+        """One ``{"W1", "W2"}`` state dict per checkpoint of ``run``, for :class:`DeepLinearNetwork`."""
+        return [{"W1": self.W1[run, t].to(dtype), "W2": self.W2[run, t].to(dtype)} for t in range(len(self.epochs))]
 
-
-def per_sample_loss(network_map: torch.Tensor, hierarchy: Hierarchy) -> torch.Tensor:
-    """``½‖y_i − W x_i‖²`` for every item, for maps of shape ``(..., outputs, inputs)``."""
-    X = torch.as_tensor(hierarchy.inputs, dtype=network_map.dtype)
-    Y = torch.as_tensor(hierarchy.outputs, dtype=network_map.dtype)
-    predictions = torch.einsum("...od,nd->...no", network_map, X)
-    return 0.5 * ((predictions - Y) ** 2).sum(-1)
+    def module(self, checkpoint: int = -1, run: int = 0, dtype: torch.dtype = torch.float64) -> DeepLinearNetwork:
+        """The network of ``run`` at a checkpoint index as a torch module."""
+        return DeepLinearNetwork(self.W1[run, checkpoint].to(dtype), self.W2[run, checkpoint].to(dtype))
 
 
 def train_linear_network(
@@ -96,6 +138,7 @@ def train_linear_network(
     record_epochs: np.ndarray,
     sample_weights: SampleWeights | None = None,
     progress: bool = False,
+    record_weights: bool = True,
 ) -> Trajectory:
     """Train ``R`` networks from one initialisation and record them at ``record_epochs``.
 
@@ -103,6 +146,7 @@ def train_linear_network(
     ``w = sample_weights`` of shape ``(R, N)``, or ``sample_weights(e)`` when it is a callable
     (for weights that change during training); ``None`` is one run with all weights 1.
     Weight 0 is the same as zeroing row ``i`` of X and Y, as the paper does for leave-one-out.
+    With ``record_weights=False`` only the per-sample losses are kept (cheap for every epoch).
     """
     record = np.asarray(record_epochs, dtype=int)
     if record.ndim != 1 or record.min() < 0 or record.max() > config.epochs:
@@ -117,22 +161,26 @@ def train_linear_network(
     W1 = W1.expand(runs, -1, -1).clone()
     W2 = W2.expand(runs, -1, -1).clone()
     slot = {int(epoch): k for k, epoch in enumerate(record)}
-    saved1 = torch.empty(runs, len(record), *W1.shape[1:], dtype=torch.float64)
-    saved2 = torch.empty(runs, len(record), *W2.shape[1:], dtype=torch.float64)
+    losses = torch.empty(runs, len(record), n_items, dtype=torch.float64)
+    saved1 = torch.empty(runs, len(record), *W1.shape[1:], dtype=torch.float64) if record_weights else None
+    saved2 = torch.empty(runs, len(record), *W2.shape[1:], dtype=torch.float64) if record_weights else None
     scale = config.learning_rate * 2.0 / (n_items * n_outputs)
     for epoch in tqdm(range(config.epochs + 1), disable=not progress, desc="training", leave=False):
+        hidden = W1 @ X.T  # (R, hidden, N)
+        residual = W2 @ hidden - Y.T  # (R, O, N)
         if epoch in slot:
-            saved1[:, slot[epoch]] = W1
-            saved2[:, slot[epoch]] = W2
+            losses[:, slot[epoch]] = 0.5 * (residual**2).sum(1)
+            if record_weights:
+                saved1[:, slot[epoch]] = W1
+                saved2[:, slot[epoch]] = W2
         if epoch == config.epochs:
             break
-        hidden = W1 @ X.T  # (R, hidden, N)
-        residual = (W2 @ hidden - Y.T) * weights_at(epoch)[:, None, :]  # (R, O, N)
+        residual = residual * weights_at(epoch)[:, None, :]
         grad2 = residual @ hidden.transpose(1, 2)
         grad1 = W2.transpose(1, 2) @ residual @ X
         W1 -= scale * grad1
         W2 -= scale * grad2
-    return Trajectory(epochs=record, W1=saved1, W2=saved2)
+    return Trajectory(epochs=record, W1=saved1, W2=saved2, losses=losses)
 
 
 def _weights_schedule(sample_weights: SampleWeights | None, n_items: int) -> Callable[[int], torch.Tensor]:

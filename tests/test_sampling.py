@@ -1,0 +1,126 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from stagewise import local_bif
+from stagewise.influence import bif_matrix, local_learning_coefficient, trace_correlation
+from stagewise.sampling import SamplerDivergence, SGLDConfig, sample_losses
+
+
+class Linear(nn.Module):
+    """Parameters w in R^d; the 'data' are the rows a_i and each loss is linear, l_i = a_i . w."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(d, dtype=torch.float64))
+
+
+def linear_loss(model, rows):
+    return rows @ model.w
+
+
+def test_sampler_matches_the_known_covariance_of_a_gaussian_posterior():
+    # With linear losses the gradient is the constant mean row a_bar, so after burn-in the
+    # preconditioner is the constant G = 1/(|a_bar| + alpha) and every coordinate is an exact
+    # AR(1) process with step h = eps G gamma / 2 and stationary variance
+    # eps G / (1 - (1 - h)^2).  Then Cov(l_i, l_j) = sum_k a_ik a_jk var_k.
+    torch.manual_seed(0)
+    rows = torch.randn(6, 3, dtype=torch.float64)
+    config = SGLDConfig(epsilon=2e-3, nbeta=10.0, gamma=10.0, chains=64, draws=1500, burn_in=1500, seed=3)
+    draws = sample_losses(Linear(3), linear_loss, rows, config, progress=False)
+    G = 1.0 / (rows.mean(0).abs() + config.stability)
+    h = config.epsilon * G * config.gamma / 2
+    variance = config.epsilon * G / (1 - (1 - h) ** 2)
+    expected = -(rows * variance) @ rows.T
+
+    estimate = bif_matrix(draws.sampling)[0]
+    per_chain = bif_matrix(draws.sampling[0][:, None])  # (chains, 6, 6): chains are independent
+    error = per_chain.std(dim=0) / np.sqrt(config.chains)
+    assert torch.all((estimate - expected).abs() < 4 * error + 1e-12)
+    # and the check has power: a 10% error in the variance would be seen
+    assert torch.any((estimate - 1.1 * expected).abs() > 4 * error)
+
+
+def test_observables_never_enter_the_gradient():
+    rows = torch.randn(5, 2, dtype=torch.float64)
+    config = SGLDConfig(epsilon=1e-3, nbeta=5.0, gamma=50.0, chains=2, draws=20, seed=1)
+    plain = sample_losses(Linear(2), linear_loss, rows, config, progress=False)
+    with_observables = sample_losses(Linear(2), linear_loss, rows, config, 100 * torch.randn(7, 2, dtype=torch.float64), progress=False)
+    torch.testing.assert_close(plain.sampling, with_observables.sampling)
+    assert with_observables.observables.shape == (1, 2, 20, 7)
+
+
+def test_checkpoints_are_sampled_together_and_deterministically():
+    rows = torch.randn(4, 2, dtype=torch.float64)
+    checkpoints = [{"w": torch.zeros(2, dtype=torch.float64)}, {"w": torch.ones(2, dtype=torch.float64)}]
+    config = SGLDConfig(epsilon=1e-3, nbeta=5.0, gamma=50.0, chains=3, draws=10, seed=7)
+    first = sample_losses(Linear(2), linear_loss, rows, config, checkpoints=checkpoints, progress=False)
+    second = sample_losses(Linear(2), linear_loss, rows, config, checkpoints=checkpoints, progress=False)
+    assert first.sampling.shape == (2, 3, 10, 4)
+    torch.testing.assert_close(first.sampling, second.sampling)
+    torch.testing.assert_close(first.initial_loss, torch.stack([rows.sum(1) * 0, rows.sum(1)]).mean(1))
+
+
+def test_minibatches_and_per_token_losses():
+    model = nn.Linear(3, 2)
+    x, y = torch.randn(10, 3), torch.randn(10, 2)
+    per_token = lambda m, batch: (m(batch[0]) - batch[1]) ** 2  # (m, 2): two "tokens" per sample
+    config = SGLDConfig(epsilon=1e-4, nbeta=10.0, gamma=100.0, chains=2, draws=5, batch_size=4)
+    draws = sample_losses(model, per_token, (x, y), config, progress=False)
+    assert draws.sampling.shape == (1, 2, 5, 20)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [({"epsilon": 0.0}, "epsilon"), ({"epsilon": float("nan")}, "epsilon"), ({"nbeta": -1.0}, "nbeta"),
+     ({"gamma": -1.0}, "gamma"), ({"chains": 1}, "chains"), ({"draws": 1}, "draws"),
+     ({"batch_size": 0}, "batch_size"), ({"decay": 1.0}, "decay"), ({"stability": 0.0}, "stability")],
+)
+def test_invalid_hyperparameters_are_named(change, message):
+    settings = dict(epsilon=1e-3, nbeta=10.0, gamma=1.0)
+    settings.update(change)
+    with pytest.raises(ValueError, match=message):
+        SGLDConfig(**settings)
+
+
+def test_divergence_stops_the_run_and_names_the_hyperparameters():
+    model = nn.Linear(2, 1)
+    x, y = torch.randn(8, 2), torch.randn(8, 1)
+    loss = lambda m, batch: ((m(batch[0]) - batch[1]) ** 2).sum(-1)
+    config = SGLDConfig(epsilon=1.0, nbeta=1e4, gamma=1e5, chains=2, draws=100)
+    with pytest.raises(SamplerDivergence, match="epsilon=1.0.*gamma=100000.0"):
+        sample_losses(model, loss, (x, y), config, progress=False)
+
+
+def test_local_bif_is_a_symmetric_covariance_with_correct_sign():
+    rows = torch.randn(6, 3, dtype=torch.float64)
+    bif = local_bif(Linear(3), linear_loss, rows, nbeta=10.0, gamma=10.0, epsilon=2e-3, chains=8, draws=400, progress=False)
+    assert bif.shape == (6, 6)
+    torch.testing.assert_close(bif, bif.T)
+    assert torch.all(torch.diagonal(bif) < 0)  # BIF(i, i) = -Var(l_i)
+    corr = local_bif(Linear(3), linear_loss, rows, nbeta=10.0, gamma=10.0, epsilon=2e-3, chains=8, draws=400,
+                     normalized=True, progress=False)
+    torch.testing.assert_close(torch.diagonal(corr), -torch.ones(6, dtype=corr.dtype))
+
+
+def test_llc_of_a_quadratic_well():
+    # l_i(w) = 0.5 |w|^2 for every sample: a regular model in d dimensions has lambda = d/2.
+    class Well(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(4, dtype=torch.float64))
+
+    data = torch.zeros(10, 1, dtype=torch.float64)
+    loss = lambda m, batch: 0.5 * (m.w**2).sum().expand(batch.shape[0])
+    # step h = eps G nbeta / 2 ~ 0.025 keeps the discretisation bias of the variance near 1%
+    config = SGLDConfig(epsilon=1e-4, nbeta=100.0, gamma=0.0, chains=16, draws=3000, burn_in=2000)
+    llc = local_learning_coefficient(sample_losses(Well(), loss, data, config, progress=False))
+    assert llc[0].item() == pytest.approx(2.0, rel=0.1)
+
+
+def test_trace_correlation():
+    t = np.linspace(0, 1, 50)[:, None]
+    assert trace_correlation(np.hstack([t, t]), np.hstack([2 * t + 1, -t])) == pytest.approx([1.0, -1.0])
+    with pytest.raises(ValueError):
+        trace_correlation(t, t[:10])
