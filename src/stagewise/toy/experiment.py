@@ -69,11 +69,6 @@ class ToyExperiment:
         """Hidden representations ``W1 x_i``, ``(T, items, hidden units)``."""
         return self.trajectory.hidden(self.data.inputs)[0].numpy()
 
-    def sample_losses(self) -> np.ndarray:
-        """Per-sample losses ``½‖y_i − W x_i‖²`` at every checkpoint, ``(T, items)``."""
-        return self.trajectory.losses[0].numpy()
-
-
     def sample_posterior(self, config: SGLDConfig, stride: int = 1, progress: bool = True) -> LossDraws:
         """RMSprop-SGLD around every ``stride``-th checkpoint at once (float32), recording the
         per-sample losses of the eight items: ``sampling`` is ``(K, C, T, 8)``."""
