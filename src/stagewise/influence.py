@@ -108,3 +108,62 @@ def trace_correlation(traces: np.ndarray, reference: np.ndarray) -> np.ndarray:
     a = a - a.mean(axis=0)
     b = b - b.mean(axis=0)
     return (a * b).sum(axis=0) / np.sqrt((a**2).sum(axis=0) * (b**2).sum(axis=0))
+
+
+def standardized_losses(draws: torch.Tensor) -> torch.Tensor:
+    """Pooled draws ``(..., C, T, n)`` as a ``(n, C·T)`` matrix ``Z`` with ``Z Zᵀ`` the Pearson
+    correlation of the losses (rows of constant losses are zero)."""
+    pooled = _pooled(draws).reshape(-1, draws.shape[-1]).T.float()  # (n, D)
+    centred = pooled - pooled.mean(dim=1, keepdim=True)
+    norm = centred.norm(dim=1, keepdim=True)
+    return torch.where(norm > 0, centred / norm.clamp_min(1e-30), torch.zeros_like(centred))
+
+
+def group_correlation(draws: torch.Tensor, membership: np.ndarray) -> np.ndarray:
+    """Mean loss correlation between classes of tokens: ``(A, A)``.
+
+    Entry ``[a, b]`` averages ``Corr(ℓ_t, ℓ_t')`` over ``t`` in class ``a`` and ``t'`` in class
+    ``b`` with ``t ≠ t'``, the group normalized BIF with its sign flipped (positive: the two
+    classes' losses move together, upweighting one helps the other).  ``draws`` is
+    ``(..., C, T, n)``; ``membership`` is ``(n, A)`` booleans.  Computed from class sums of the
+    standardized loss matrix in ``O(n · draws)`` memory; the ``n × n`` matrix is never formed.
+    """
+    Z = standardized_losses(draws).double()
+    valid = (Z.abs().sum(dim=1) > 0).numpy()
+    M = torch.tensor(np.asarray(membership, dtype=bool) & valid[:, None], dtype=torch.float64)  # (n, A)
+    if M.shape[0] != Z.shape[0]:
+        raise ValueError(f"membership has {M.shape[0]} rows for {Z.shape[0]} tokens")
+    sums = M.T @ Z  # (A, D)
+    both = M.T @ M  # tokens in both classes: |a ∩ b|
+    pairs = M.sum(0)[:, None] * M.sum(0)[None, :] - both
+    total = sums @ sums.T - both  # each token's self-correlation is exactly 1
+    return (total / pairs.clamp_min(1)).where(pairs > 0, torch.tensor(float("nan"), dtype=torch.float64)).numpy()
+
+
+def knn_class_recall(draws: torch.Tensor, membership: np.ndarray, k: int = 30, block: int = 1024) -> np.ndarray:
+    """Same-class recall of a k-nearest-neighbour vote by loss correlation, minus the class rate
+    (paper App. D.1.3): ``(A,)``, 0 is chance.
+
+    Each token's ``k`` most correlated other tokens vote for their classes, each vote divided
+    by the rate of that class among the other tokens; the token is predicted the winning class.
+    Recall of class ``a`` is the share of its tokens predicted ``a``.  Neighbours are found in
+    blocks of ``block`` rows, so memory is ``O(block · n)``.
+    """
+    Z = standardized_losses(draws)
+    member = torch.tensor(np.asarray(membership, dtype=bool))
+    n, A = member.shape
+    if n != Z.shape[0] or not 0 < k < n:
+        raise ValueError(f"need membership rows = tokens = {Z.shape[0]} and 0 < k < {Z.shape[0]}")
+    counts = member.sum(0).double()
+    predicted = torch.empty(n, dtype=torch.long)
+    for start in range(0, n, block):
+        rows = slice(start, min(start + block, n))
+        similarity = Z[rows] @ Z.T
+        similarity[torch.arange(similarity.shape[0]), torch.arange(rows.start, rows.stop)] = -float("inf")
+        neighbours = similarity.topk(k, dim=1).indices  # (b, k)
+        votes = member[neighbours].sum(1).double()  # (b, A)
+        rate = (counts[None, :] - member[rows].double()) / (n - 1)
+        score = torch.where(rate > 0, votes / rate.clamp_min(1e-12), torch.zeros_like(votes))
+        predicted[rows] = score.argmax(dim=1)
+    recall = np.array([(predicted[member[:, a]] == a).double().mean().item() if counts[a] > 0 else np.nan for a in range(A)])
+    return recall - (counts / n).numpy()
