@@ -22,9 +22,9 @@ def test_formatting_tokens():
 
 
 def test_delimiters():
-    assert classes_of(["(", " [", "{", ")", "]", " }", "()", "f"]) == [
+    assert classes_of(["(", " [", "{", ")", "]", " }", "):", "()", " f(", "x"]) == [
         {"left delimiter"}, {"left delimiter"}, {"left delimiter"},
-        {"right delimiter"}, {"right delimiter"}, {"right delimiter"}, set(), set()]
+        {"right delimiter"}, {"right delimiter"}, {"right delimiter"}, {"right delimiter"}, set(), set(), set()]
 
 
 def test_induction_pattern():

@@ -8,8 +8,9 @@ Classes are neither exhaustive nor exclusive: a token may have none or several.
   non-alphanumeric character (``----``, ``####``, indentation);
 * **induction pattern**: token ``x_k`` such that for some ``j < k``, ``x_{j-1} = x_{k-1}`` and
   ``x_j = x_k`` (the bigram ending here occurred earlier in the sequence);
-* **left / right delimiter**: a token made only of opening (``( [ {``) or only of closing
-  (``) ] }``) brackets, surrounding whitespace aside.
+* **left / right delimiter**: a token with opening brackets ``( [ {`` and no closing ones (or
+  the reverse), and otherwise only punctuation: ``(``, ``[``, ``):`` and ``})`` count, ``()``
+  and ``f(`` do not.
 """
 
 from __future__ import annotations
@@ -59,9 +60,10 @@ def classify_tokens(ids: Sequence[int], strings: Sequence[str]) -> np.ndarray:
     seen_bigrams: set[tuple[int, int]] = set()
     for k, (token_id, text) in enumerate(zip(ids, strings)):
         member[k, formatting] = _is_formatting(text)
-        stripped = text.strip()
-        member[k, left] = bool(stripped) and set(stripped) <= LEFT_DELIMITERS
-        member[k, right] = bool(stripped) and set(stripped) <= RIGHT_DELIMITERS
+        punctuation_only = not any(ch.isalnum() for ch in text)
+        opens, closes = bool(LEFT_DELIMITERS & set(text)), bool(RIGHT_DELIMITERS & set(text))
+        member[k, left] = punctuation_only and opens and not closes
+        member[k, right] = punctuation_only and closes and not opens
         if k >= 1:
             bigram = (ids[k - 1], token_id)
             member[k, induction] = bigram in seen_bigrams

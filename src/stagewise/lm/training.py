@@ -1,0 +1,159 @@
+"""A Pythia-architecture language model, trained from scratch on a local corpus.
+
+The model is ``GPTNeoXForCausalLM`` with Pythia-14m's design (rotary embeddings on a quarter of
+each head, parallel residual) and sizes from the configuration.  Training saves checkpoints on
+a Pythia-like schedule (log-spaced early, then evenly spaced) in the transformers format, and a
+resume file after each, so an interrupted run continues where it stopped.  Runs live in the
+content-addressed cache, keyed by their configuration.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+from stagewise.cache import artifact_key, cache_dir
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """Model and training sizes. The defaults are Pythia-14m's architecture with a 4096-token
+    vocabulary and a short context."""
+
+    vocab_size: int = 4096
+    hidden: int = 128
+    layers: int = 6
+    heads: int = 4
+    intermediate: int = 512
+    context: int = 128
+    steps: int = 3000
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    checkpoint_interval: int = 250
+    """After the log-spaced checkpoints (1, 2, 4, …, 512), one every this many steps."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        if min(self.vocab_size, self.layers, self.context, self.steps, self.batch_size, self.checkpoint_interval) < 1:
+            raise ValueError("sizes, steps, batch size and checkpoint interval must be positive")
+
+
+def pythia_architecture(config: LMConfig) -> GPTNeoXConfig:
+    """GPT-NeoX configuration with Pythia's design choices and the sizes of ``config``."""
+    return GPTNeoXConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden,
+        num_hidden_layers=config.layers,
+        num_attention_heads=config.heads,
+        intermediate_size=config.intermediate,
+        max_position_embeddings=config.context,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        hidden_act="gelu",
+        tie_word_embeddings=False,
+        attn_implementation="eager",  # batches under vmap, unlike CPU flash attention
+    )
+
+
+def checkpoint_schedule(steps: int, interval: int) -> list[int]:
+    """Pythia-like: step 0, powers of two up to 512, then every ``interval`` steps, and the last."""
+    schedule = {0, steps}
+    schedule.update(2**k for k in range(10) if 2**k <= steps)
+    schedule.update(range(interval, steps + 1, interval))
+    return sorted(schedule)
+
+
+def token_stream(texts: tuple[str, ...], tokenizer) -> torch.Tensor:
+    """All texts tokenized and joined with end-of-text tokens, as one 1-D tensor of ids."""
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer(text)["input_ids"])
+        ids.append(tokenizer.eos_token_id)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def run_directory(config: LMConfig, corpus_name: str) -> Path:
+    """Where the run for this configuration and corpus lives in the cache."""
+    return cache_dir() / artifact_key("lm-run", {"config": asdict(config), "corpus": corpus_name})
+
+
+def _save_atomically(obj: object, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_language_model(config: LMConfig, stream: torch.Tensor, directory: Path, progress: bool = True) -> Path:
+    """Train on random windows of ``stream`` and save ``directory/step{N}`` at every scheduled
+    step; resumes from ``directory/resume.pt`` when present.  Returns ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if len(stream) <= config.context + 1:
+        raise ValueError(f"the token stream ({len(stream)} tokens) is shorter than one context window")
+    torch.manual_seed(config.seed)
+    model = GPTNeoXForCausalLM(pythia_architecture(config))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.95),
+                                  weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup)
+                                                 * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
+    generator = torch.Generator().manual_seed(config.seed)
+    start = 0
+    resume = directory / "resume.pt"
+    if resume.exists():
+        state = torch.load(resume, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        generator.set_state(state["generator"])
+        start = state["step"]
+    saves = set(checkpoint_schedule(config.steps, config.checkpoint_interval))
+    model.train()
+    bar = tqdm(range(start, config.steps + 1), initial=start, total=config.steps + 1, disable=not progress,
+               desc="training", leave=False)
+    for step in bar:
+        if step in saves:
+            model.save_pretrained(directory / f"step{step}")
+            _save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                              "schedule": schedule.state_dict(), "generator": generator.get_state(),
+                              "step": step}, resume)
+        if step == config.steps:
+            break
+        offsets = torch.randint(0, len(stream) - config.context - 1, (config.batch_size,), generator=generator)
+        batch = torch.stack([stream[o : o + config.context + 1] for o in offsets.tolist()])
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if progress and step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    (directory / "complete").touch()
+    return directory
+
+
+def token_losses(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """Per-token next-token cross-entropy of a causal LM, ``(batch, length − 1)``."""
+    logits = model(input_ids=input_ids).logits[:, :-1]
+    targets = input_ids[:, 1:]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                             reduction="none").reshape(targets.shape)
+
+
+def sequences(stream: torch.Tensor, count: int, length: int, seed: int = 0) -> torch.Tensor:
+    """``count`` non-overlapping windows of ``length`` tokens from ``stream``, chosen with a seed."""
+    windows = len(stream) // length
+    if windows < count:
+        raise ValueError(f"the stream holds {windows} windows of {length} tokens, fewer than {count}")
+    chosen = np.sort(np.random.default_rng(seed).choice(windows, size=count, replace=False))
+    return torch.stack([stream[w * length : (w + 1) * length] for w in chosen])

@@ -1,0 +1,137 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from stagewise.lm.checkpoints import PYTHIA_STEPS, LocalCheckpoints
+from stagewise.lm.corpus import Corpus, folder_corpus, pile_corpus, split_documents, stdlib_corpus
+from stagewise.lm.tokenizer import load_tokenizer, token_strings, train_bpe_tokenizer
+from stagewise.lm.training import (
+    LMConfig,
+    checkpoint_schedule,
+    pythia_architecture,
+    sequences,
+    token_losses,
+    token_stream,
+    train_language_model,
+)
+
+TINY = LMConfig(vocab_size=300, hidden=32, layers=2, heads=4, intermediate=64, context=32, steps=40,
+                batch_size=4, warmup=5, checkpoint_interval=20)
+
+
+def test_splits_are_fixed_by_name_and_seed():
+    documents = {f"doc{k}": f"text {k}" for k in range(400)}
+    first = split_documents(documents, "test")
+    again = split_documents(dict(reversed(list(documents.items()))), "test")
+    assert first == again
+    assert split_documents(documents, "test", seed=1) != first
+    assert 0.02 < len(first.validation) / 400 < 0.09
+    with pytest.raises(ValueError, match="empty"):
+        split_documents({"a": "x"}, "tiny")
+
+
+def test_stdlib_and_folder_corpora(tmp_path):
+    corpus = stdlib_corpus()
+    assert len(corpus.train) > 1000 and "def " in corpus.train[0] + corpus.train[1]
+    for k in range(60):
+        (tmp_path / f"{k}.txt").write_text(f"document number {k}\n")
+    assert len(folder_corpus(tmp_path).train) > 40
+    with pytest.raises(FileNotFoundError):
+        folder_corpus(tmp_path, pattern="*.md")
+
+
+def test_pile_loader_reads_a_local_stand_in(tmp_path):
+    path = tmp_path / "pile.jsonl"
+    path.write_text("".join(f'{{"text": "pile document {k}", "meta": {{}}}}\n' for k in range(300)))
+    corpus = pile_corpus("json", documents=250, data_files=str(path))
+    assert len(corpus.train) + len(corpus.validation) + len(corpus.observable) == 250
+
+
+def test_tokenizer_round_trip(tmp_path):
+    tokenizer = train_bpe_tokenizer(["def f(x):\n    return x\n"] * 50, vocab_size=300, directory=tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    ids = loaded("def f(x):")["input_ids"]
+    assert "".join(token_strings(loaded, ids)) == "def f(x):"
+    assert loaded.eos_token_id == tokenizer.eos_token_id
+    with pytest.raises(ValueError, match="vocab_size"):
+        train_bpe_tokenizer(["x"], vocab_size=100, directory=tmp_path)
+
+
+def test_schedule_is_pythia_like():
+    assert checkpoint_schedule(3000, 1000) == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 2000, 3000]
+    assert PYTHIA_STEPS[:12] == (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000) and PYTHIA_STEPS[-1] == 143_000
+
+
+def test_architecture_matches_pythia_14m():
+    config = pythia_architecture(LMConfig())
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size) == (128, 6, 4, 512)
+    assert config.rope_parameters["partial_rotary_factor"] == 0.25 and config.use_parallel_residual
+
+
+def test_training_resumes_after_an_interruption(tmp_path, monkeypatch):
+    from stagewise.lm import training
+
+    stream = torch.randint(0, TINY.vocab_size, (5000,))
+    whole = train_language_model(TINY, stream, tmp_path / "whole", progress=False)
+
+    save = training._save_atomically
+
+    def interrupt_after_step_20(state, path):
+        save(state, path)
+        if state["step"] == 20:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_atomically", interrupt_after_step_20)
+    with pytest.raises(KeyboardInterrupt):
+        train_language_model(TINY, stream, tmp_path / "resumed", progress=False)
+    assert not (tmp_path / "resumed" / "step40").exists()
+    monkeypatch.setattr(training, "_save_atomically", save)
+    train_language_model(TINY, stream, tmp_path / "resumed", progress=False)
+
+    assert LocalCheckpoints(whole).steps == [0, 1, 2, 4, 8, 16, 20, 32, 40]
+    final_whole = LocalCheckpoints(whole).load(40).state_dict()
+    final_resumed = LocalCheckpoints(tmp_path / "resumed").load(40).state_dict()
+    for name in final_whole:
+        torch.testing.assert_close(final_whole[name], final_resumed[name])
+
+
+def test_token_losses_and_sequences():
+    stream = torch.arange(1000) % 300
+    batch = sequences(stream, count=5, length=20)
+    assert batch.shape == (5, 20)
+    from transformers import GPTNeoXForCausalLM
+
+    lm = GPTNeoXForCausalLM(pythia_architecture(TINY))
+    losses = token_losses(lm, batch)
+    assert losses.shape == (5, 19)
+    torch.testing.assert_close(losses.mean(), lm(input_ids=batch, labels=batch).loss)
+    with pytest.raises(ValueError, match="fewer"):
+        sequences(stream, count=100, length=20)
+
+
+def test_pythia_revisions_load_from_a_local_hub_cache(tmp_path):
+    # A stand-in of EleutherAI/pythia-14m in the hub cache layout: a snapshot per revision and
+    # refs/step<N> naming it.  Loaded offline through the same call that fetches the real one.
+    from transformers import GPTNeoXForCausalLM
+
+    repo = tmp_path / "models--EleutherAI--pythia-14m"
+    for step, commit in [(1000, "a" * 40), (2000, "b" * 40)]:
+        torch.manual_seed(step)
+        GPTNeoXForCausalLM(pythia_architecture(TINY)).save_pretrained(repo / "snapshots" / commit)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / f"step{step}").write_text(commit)
+    script = textwrap.dedent(f"""
+        from stagewise.lm.checkpoints import PythiaCheckpoints
+        source = PythiaCheckpoints("EleutherAI/pythia-14m", steps=(1000, 2000), cache_dir={str(tmp_path)!r})
+        a, b = source.load(1000), source.load(2000)
+        assert a.config.hidden_size == 32
+        assert not (a.gpt_neox.embed_in.weight == b.gpt_neox.embed_in.weight).all()
+        print("ok")
+    """)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]
