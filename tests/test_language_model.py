@@ -135,3 +135,25 @@ def test_pythia_revisions_load_from_a_local_hub_cache(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_token_influence_end_to_end_on_a_tiny_run(tmp_path, monkeypatch):
+    from stagewise.influence import group_correlation, knn_class_recall
+    from stagewise.lm.experiment import TokenInfluenceConfig, prepare_run, token_draws
+    from stagewise.sampling import SGLDConfig
+
+    monkeypatch.setenv("STAGEWISE_CACHE", str(tmp_path))
+    config = TokenInfluenceConfig(
+        model=TINY, sgld=SGLDConfig(epsilon=1e-4, nbeta=100, gamma=1000, chains=2, draws=6, batch_size=4),
+        observable_sequences=6, sequence_length=16, sampling_sequences=32, tokenizer_documents=30)
+    run = prepare_run(config, progress=False)
+    assert run.checkpoints.steps[-1] == TINY.steps
+    draws = token_draws(run, run.checkpoints.steps[-1], progress=False)
+    assert draws.shape == (2, 6, 6 * 15)
+    classes = run.observable_classes()
+    assert classes.shape == (6 * 15, 6)
+    assert group_correlation(draws, classes).shape == (6, 6)
+    assert knn_class_recall(draws, classes, k=5).shape == (6,)
+    # a second call is served from the cache, without sampling again
+    monkeypatch.setattr("stagewise.lm.experiment.sample_losses", None)
+    assert torch.equal(token_draws(run, run.checkpoints.steps[-1], progress=False), draws)

@@ -1,0 +1,102 @@
+"""Per-token influence across the checkpoints of a language model (paper §4, App. D.1).
+
+:func:`prepare_run` builds (or finds in the cache) everything up to the trained checkpoints:
+corpus, tokenizer, token streams and the training run.  :func:`token_draws` samples the local
+posterior at one checkpoint with minibatch RMSprop-SGLD on training text and records the
+per-token losses of the observable sequences at every draw; they never enter the gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stagewise.cache import artifact_key, cache_dir, cached
+from stagewise.lm.checkpoints import LocalCheckpoints
+from stagewise.lm.classes import classify_tokens
+from stagewise.lm.corpus import stdlib_corpus
+from stagewise.lm.tokenizer import load_tokenizer, token_strings, train_bpe_tokenizer
+from stagewise.lm.training import LMConfig, run_directory, sequences, token_losses, token_stream, train_language_model
+from stagewise.sampling import SGLDConfig, sample_losses
+
+
+@dataclass(frozen=True)
+class TokenInfluenceConfig:
+    """Everything that fixes a per-token influence study (paper Table 2 for the SGLD defaults)."""
+
+    model: LMConfig = field(default_factory=LMConfig)
+    sgld: SGLDConfig = field(default_factory=lambda: SGLDConfig(
+        epsilon=1e-6, nbeta=256, gamma=1000, chains=4, draws=200, batch_size=64))
+    observable_sequences: int = 600
+    sequence_length: int = 55
+    sampling_sequences: int = 4096
+    """Training-text sequences that SGLD draws its minibatches from."""
+    tokenizer_documents: int = 400
+    """Training documents the BPE is trained on."""
+    seed: int = 0
+
+
+@dataclass
+class LanguageModelRun:
+    """A trained run: its tokenizer, checkpoints and the fixed sampling and observable sets."""
+
+    config: TokenInfluenceConfig
+    tokenizer: object
+    checkpoints: LocalCheckpoints
+    sampling_ids: torch.Tensor
+    """``(sampling_sequences, sequence_length)`` token ids of training text."""
+    observable_ids: torch.Tensor
+    """``(observable_sequences, sequence_length)`` token ids of held-out text."""
+
+    def observable_classes(self) -> np.ndarray:
+        """Class membership of every observable *target* token (positions 1…L−1 of each
+        sequence, the tokens whose losses are recorded), ``(M·(L−1), 6)``."""
+        rows = []
+        for ids in self.observable_ids.tolist():
+            rows.append(classify_tokens(ids, token_strings(self.tokenizer, ids))[1:])
+        return np.concatenate(rows)
+
+
+def prepare_run(config: TokenInfluenceConfig, progress: bool = True) -> LanguageModelRun:
+    """Tokenizer, token streams and the training run for ``config``, from the cache when present
+    (an interrupted training run resumes)."""
+    corpus = stdlib_corpus(config.seed)
+    tokenizer_dir = cache_dir() / artifact_key("lm-tokenizer", {
+        "vocab": config.model.vocab_size, "documents": config.tokenizer_documents, "corpus": corpus.source,
+        "seed": config.seed})
+    if not (tokenizer_dir / "tokenizer.json").exists():
+        train_bpe_tokenizer(corpus.train[: config.tokenizer_documents], config.model.vocab_size, tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
+
+    def streams() -> dict[str, torch.Tensor]:
+        return {"train": token_stream(corpus.train, tokenizer), "observable": token_stream(corpus.observable, tokenizer)}
+
+    tokens = cached("lm-streams", {"tokenizer": tokenizer_dir.name, "corpus": corpus.source}, streams)
+    directory = run_directory(config.model, f"{corpus.source} / {tokenizer_dir.name}")
+    if not (directory / "complete").exists():
+        train_language_model(config.model, tokens["train"], directory, progress=progress)
+    return LanguageModelRun(
+        config=config,
+        tokenizer=tokenizer,
+        checkpoints=LocalCheckpoints(directory),
+        sampling_ids=sequences(tokens["train"], config.sampling_sequences, config.sequence_length, seed=config.seed),
+        observable_ids=sequences(tokens["observable"], config.observable_sequences, config.sequence_length,
+                                 seed=config.seed + 1),
+    )
+
+
+def token_draws(run: LanguageModelRun, step: int, progress: bool = True) -> torch.Tensor:
+    """Per-token losses of the observable sequences at every SGLD draw around checkpoint
+    ``step``: ``(chains, draws, M·(L−1))`` (float32, cached)."""
+
+    def compute() -> torch.Tensor:
+        model = run.checkpoints.load(step)
+        draws = sample_losses(model, token_losses, run.sampling_ids, run.config.sgld, run.observable_ids,
+                              record_sampling=False, progress=progress)
+        return draws.observables[0].float()
+
+    key = {"config": asdict(run.config), "step": step, "run": Path(run.checkpoints.directory).name}
+    return cached("lm-token-draws", key, compute)
