@@ -57,12 +57,34 @@ class ToySizes:
 
 
 @dataclass(frozen=True)
+class LanguageModelSizes:
+    """Chapter 4: per-token influence in a language model."""
+
+    vocab_size: int
+    hidden: int
+    layers: int
+    intermediate: int
+    context: int
+    steps: int
+    batch_size: int
+    checkpoint_interval: int
+    observable_sequences: int
+    sequence_length: int
+    sampling_batch: int
+    chains: int
+    draws: int
+    analysed_steps: tuple[int, ...]
+    """Checkpoints at which the BIF is estimated."""
+
+
+@dataclass(frozen=True)
 class Profile:
     """All sizes of one profile, grouped by chapter."""
 
     name: str
     theory: TheorySizes
     toy: ToySizes
+    lm: LanguageModelSizes
 
 
 PROFILES: dict[str, Profile] = {
@@ -75,6 +97,11 @@ PROFILES: dict[str, Profile] = {
             sweep_epsilons=(1e-5, 1e-3), sweep_nbetas=(1000, 5000), sweep_gammas=(1000, 5000),
             classical_stride=4,
         ),
+        lm=LanguageModelSizes(
+            vocab_size=512, hidden=64, layers=2, intermediate=256, context=64, steps=300, batch_size=8,
+            checkpoint_interval=100, observable_sequences=40, sequence_length=33, sampling_batch=8,
+            chains=2, draws=20, analysed_steps=(0, 16, 64, 128, 200, 300),
+        ),
     ),
     "default": Profile(
         name="default",
@@ -85,6 +112,11 @@ PROFILES: dict[str, Profile] = {
             sweep_epsilons=(1e-5, 3e-5, 1e-4, 1e-3), sweep_nbetas=(300, 1000, 3000, 5000),
             sweep_gammas=(1000, 5000, 20000),
             classical_stride=4,
+        ),
+        lm=LanguageModelSizes(
+            vocab_size=2048, hidden=128, layers=6, intermediate=512, context=64, steps=3000, batch_size=16,
+            checkpoint_interval=500, observable_sequences=150, sequence_length=55, sampling_batch=16,
+            chains=2, draws=60, analysed_steps=(0, 16, 64, 256, 512, 1000, 2000, 3000),
         ),
     ),
     "paper": Profile(
@@ -97,6 +129,11 @@ PROFILES: dict[str, Profile] = {
             sweep_nbetas=(100, 300, 1000, 3000, 5000, 10000),
             sweep_gammas=(100, 1000, 5000, 20000, 100000),
             classical_stride=2,
+        ),
+        lm=LanguageModelSizes(
+            vocab_size=4096, hidden=128, layers=6, intermediate=512, context=256, steps=20_000, batch_size=32,
+            checkpoint_interval=1000, observable_sequences=600, sequence_length=55, sampling_batch=64,
+            chains=4, draws=200, analysed_steps=(0, 64, 256, 512, 1000, 2000, 5000, 10_000, 20_000),
         ),
     ),
 }

@@ -12,6 +12,9 @@ import re
 from pathlib import Path
 
 from transformers import GPTNeoXForCausalLM
+from transformers.utils import logging as transformers_logging
+
+transformers_logging.disable_progress_bar()  # one bar per checkpoint load is noise in a book
 
 PYTHIA_STEPS: tuple[int, ...] = (0, *(2**k for k in range(10)), *range(1000, 143_001, 1000))
 

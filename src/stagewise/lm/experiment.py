@@ -20,6 +20,7 @@ from stagewise.lm.classes import classify_tokens
 from stagewise.lm.corpus import stdlib_corpus
 from stagewise.lm.tokenizer import load_tokenizer, token_strings, train_bpe_tokenizer
 from stagewise.lm.training import LMConfig, run_directory, sequences, token_losses, token_stream, train_language_model
+from stagewise.profiles import LanguageModelSizes
 from stagewise.sampling import SGLDConfig, sample_losses
 
 
@@ -37,6 +38,17 @@ class TokenInfluenceConfig:
     tokenizer_documents: int = 400
     """Training documents the BPE is trained on."""
     seed: int = 0
+
+    @classmethod
+    def from_sizes(cls, sizes: LanguageModelSizes, epsilon: float, nbeta: float, gamma: float) -> TokenInfluenceConfig:
+        """The study at the sizes of a profile (``get_profile().lm``) with the given sampler."""
+        model = LMConfig(vocab_size=sizes.vocab_size, hidden=sizes.hidden, layers=sizes.layers,
+                         intermediate=sizes.intermediate, context=sizes.context, steps=sizes.steps,
+                         batch_size=sizes.batch_size, checkpoint_interval=sizes.checkpoint_interval)
+        sgld = SGLDConfig(epsilon=epsilon, nbeta=nbeta, gamma=gamma, chains=sizes.chains, draws=sizes.draws,
+                          batch_size=sizes.sampling_batch)
+        return cls(model=model, sgld=sgld, observable_sequences=sizes.observable_sequences,
+                   sequence_length=sizes.sequence_length)
 
 
 @dataclass
