@@ -25,8 +25,17 @@ def test_computes_once_per_configuration(cache_root):
 
 def test_key_depends_on_library_source(monkeypatch):
     key = cache.artifact_key("thing", {"size": 3})
-    monkeypatch.setattr(cache, "source_fingerprint", lambda: "edited")
+    monkeypatch.setattr(cache, "source_fingerprint", lambda modules=None: "edited")
     assert cache.artifact_key("thing", {"size": 3}) != key
+
+
+def test_key_can_depend_on_named_modules_only():
+    whole = cache.source_fingerprint()
+    training = cache.source_fingerprint(("lm/training.py",))
+    assert training not in (whole, cache.source_fingerprint(("lm/corpus.py",)))
+    assert cache.artifact_key("run", {}, ("lm/training.py",)) != cache.artifact_key("run", {})
+    with pytest.raises(FileNotFoundError):
+        cache.source_fingerprint(("no_such_module.py",))
 
 
 def test_failed_computation_stores_nothing(cache_root):

@@ -19,9 +19,20 @@ from stagewise.lm.checkpoints import LocalCheckpoints
 from stagewise.lm.classes import classify_tokens
 from stagewise.lm.corpus import stdlib_corpus
 from stagewise.lm.tokenizer import load_tokenizer, token_strings, train_bpe_tokenizer
-from stagewise.lm.training import LMConfig, run_directory, sequences, token_losses, token_stream, train_language_model
+from stagewise.lm.training import (
+    TRAINING_SOURCES,
+    LMConfig,
+    run_directory,
+    sequences,
+    token_losses,
+    token_stream,
+    train_language_model,
+)
 from stagewise.profiles import LanguageModelSizes
 from stagewise.sampling import SGLDConfig, sample_losses
+
+DRAW_SOURCES = ("sampling.py", "lm/training.py", "lm/experiment.py")
+"""The modules SGLD draws depend on (cache scope, see :mod:`stagewise.cache`)."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +89,7 @@ def prepare_run(config: TokenInfluenceConfig, progress: bool = True) -> Language
     corpus = stdlib_corpus(config.seed)
     tokenizer_dir = cache_dir() / artifact_key("lm-tokenizer", {
         "vocab": config.model.vocab_size, "documents": config.tokenizer_documents, "corpus": corpus.source,
-        "seed": config.seed})
+        "seed": config.seed}, ("lm/tokenizer.py", "lm/corpus.py"))
     if not (tokenizer_dir / "tokenizer.json").exists():
         train_bpe_tokenizer(corpus.train[: config.tokenizer_documents], config.model.vocab_size, tokenizer_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -86,7 +97,8 @@ def prepare_run(config: TokenInfluenceConfig, progress: bool = True) -> Language
     def streams() -> dict[str, torch.Tensor]:
         return {"train": token_stream(corpus.train, tokenizer), "observable": token_stream(corpus.observable, tokenizer)}
 
-    tokens = cached("lm-streams", {"tokenizer": tokenizer_dir.name, "corpus": corpus.source}, streams)
+    tokens = cached("lm-streams", {"tokenizer": tokenizer_dir.name, "corpus": corpus.source}, streams,
+                    TRAINING_SOURCES)
     directory = run_directory(config.model, f"{corpus.source} / {tokenizer_dir.name}")
     if not (directory / "complete").exists():
         train_language_model(config.model, tokens["train"], directory, progress=progress)
@@ -111,4 +123,4 @@ def token_draws(run: LanguageModelRun, step: int, progress: bool = True) -> torc
         return draws.observables[0].float()
 
     key = {"config": asdict(run.config), "step": step, "run": Path(run.checkpoints.directory).name}
-    return cached("lm-token-draws", key, compute)
+    return cached("lm-token-draws", key, compute, DRAW_SOURCES)

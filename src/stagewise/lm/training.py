@@ -21,6 +21,10 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from stagewise.cache import artifact_key, cache_dir
 
+TRAINING_SOURCES = ("lm/training.py",)
+"""The modules a training run depends on: editing any other part of the library keeps the
+(expensive) cached runs."""
+
 
 @dataclass(frozen=True)
 class LMConfig:
@@ -85,7 +89,7 @@ def token_stream(texts: tuple[str, ...], tokenizer) -> torch.Tensor:
 
 def run_directory(config: LMConfig, corpus_name: str) -> Path:
     """Where the run for this configuration and corpus lives in the cache."""
-    return cache_dir() / artifact_key("lm-run", {"config": asdict(config), "corpus": corpus_name})
+    return cache_dir() / artifact_key("lm-run", {"config": asdict(config), "corpus": corpus_name}, TRAINING_SOURCES)
 
 
 def _save_atomically(obj: object, path: Path) -> None:
