@@ -157,3 +157,36 @@ def test_token_influence_end_to_end_on_a_tiny_run(tmp_path, monkeypatch):
     # a second call is served from the cache, without sampling again
     monkeypatch.setattr("stagewise.lm.experiment.sample_losses", None)
     assert torch.equal(token_draws(run, run.checkpoints.steps[-1], progress=False), draws)
+
+
+def test_training_batches_mix_in_repeated_sequences_and_boost_in_a_window():
+    from dataclasses import replace
+
+    from stagewise.lm.training import training_batch
+
+    stream = torch.arange(10_000) % 250
+    mixed = replace(TINY, repeated_fraction=0.25, boost_window=(10, 20), boosted_fraction=0.75)
+    batch = training_batch(mixed, stream, step=0, generator=torch.Generator().manual_seed(0))
+    half = (TINY.context + 2) // 2
+    repeated = batch[-1]
+    assert torch.equal(repeated[:half][: TINY.context + 1 - half], repeated[half:])
+    assert mixed.repeated_rows(0) == 1 and mixed.repeated_rows(10) == 3 and mixed.repeated_rows(20) == 1
+    # natural rows are windows of the stream: consecutive ids modulo 250
+    assert bool(((batch[0, 1:] - batch[0, :-1]) % 250 == 1).all())
+    with pytest.raises(ValueError, match="repeated_fraction"):
+        replace(TINY, repeated_fraction=1.5)
+    with pytest.raises(ValueError, match="boost_window"):
+        replace(TINY, boost_window=(20, 10))
+
+
+def test_runs_differing_only_in_a_late_window_share_earlier_checkpoints(tmp_path):
+    from dataclasses import replace
+
+    stream = torch.randint(0, TINY.vocab_size, (5000,), generator=torch.Generator().manual_seed(0))
+    base = replace(TINY, repeated_fraction=0.25)
+    boosted = replace(base, boost_window=(20, 30), boosted_fraction=1.0)
+    a = LocalCheckpoints(train_language_model(base, stream, tmp_path / "a", progress=False))
+    b = LocalCheckpoints(train_language_model(boosted, stream, tmp_path / "b", progress=False))
+    same = [torch.equal(p, q) for p, q in zip(a.load(20).parameters(), b.load(20).parameters())]
+    assert all(same)
+    assert not torch.equal(next(a.load(40).parameters()), next(b.load(40).parameters()))

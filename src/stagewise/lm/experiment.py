@@ -8,6 +8,7 @@ per-token losses of the observable sequences at every draw; they never enter the
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -112,15 +113,19 @@ def prepare_run(config: TokenInfluenceConfig, progress: bool = True) -> Language
     )
 
 
-def token_draws(run: LanguageModelRun, step: int, progress: bool = True) -> torch.Tensor:
+def token_draws(run: LanguageModelRun, step: int, observables: torch.Tensor | None = None,
+                progress: bool = True) -> torch.Tensor:
     """Per-token losses of the observable sequences at every SGLD draw around checkpoint
-    ``step``: ``(chains, draws, M·(L−1))`` (float32, cached)."""
+    ``step``: ``(chains, draws, M·(L−1))`` (float32, cached).  ``observables`` replaces the
+    run's held-out sequences (``(M, L)`` token ids, e.g. a repeated probe)."""
+    observables = run.observable_ids if observables is None else observables
 
     def compute() -> torch.Tensor:
         model = run.checkpoints.load(step)
-        draws = sample_losses(model, token_losses, run.sampling_ids, run.config.sgld, run.observable_ids,
+        draws = sample_losses(model, token_losses, run.sampling_ids, run.config.sgld, observables,
                               record_sampling=False, progress=progress)
         return draws.observables[0].float()
 
-    key = {"config": asdict(run.config), "step": step, "run": Path(run.checkpoints.directory).name}
+    key = {"config": asdict(run.config), "step": step, "run": Path(run.checkpoints.directory).name,
+           "observables": hashlib.sha256(observables.numpy().tobytes()).hexdigest()}
     return cached("lm-token-draws", key, compute, DRAW_SOURCES)

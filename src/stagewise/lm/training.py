@@ -45,12 +45,30 @@ class LMConfig:
     checkpoint_interval: int = 250
     """After the log-spaced checkpoints (1, 2, 4, …, 512), one every this many steps."""
     seed: int = 0
+    repeated_fraction: float = 0.0
+    """Share of each batch replaced by random-token sequences whose second half repeats the
+    first (an induction-rich mix, Chapter 5); 0 trains on natural text only."""
+    boost_window: tuple[int, int] | None = None
+    """Steps ``[start, stop)`` in which the share is ``boosted_fraction`` instead (upweighting
+    induction data inside a window of training)."""
+    boosted_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
         if min(self.vocab_size, self.layers, self.context, self.steps, self.batch_size, self.checkpoint_interval) < 1:
             raise ValueError("sizes, steps, batch size and checkpoint interval must be positive")
+        for name in ("repeated_fraction", "boosted_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.boost_window is not None and not 0 <= self.boost_window[0] < self.boost_window[1]:
+            raise ValueError(f"boost_window must be (start, stop) with 0 <= start < stop, got {self.boost_window}")
+
+    def repeated_rows(self, step: int) -> int:
+        """How many rows of the batch at ``step`` are repeated random sequences."""
+        window = self.boost_window
+        inside = window is not None and window[0] <= step < window[1]
+        return round((self.boosted_fraction if inside else self.repeated_fraction) * self.batch_size)
 
 
 def pythia_architecture(config: LMConfig) -> GPTNeoXConfig:
@@ -132,8 +150,7 @@ def train_language_model(config: LMConfig, stream: torch.Tensor, directory: Path
                               "step": step}, resume)
         if step == config.steps:
             break
-        offsets = torch.randint(0, len(stream) - config.context - 1, (config.batch_size,), generator=generator)
-        batch = torch.stack([stream[o : o + config.context + 1] for o in offsets.tolist()])
+        batch = training_batch(config, stream, step, generator)
         loss = model(input_ids=batch, labels=batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -144,6 +161,21 @@ def train_language_model(config: LMConfig, stream: torch.Tensor, directory: Path
             bar.set_postfix(loss=f"{loss.item():.3f}")
     (directory / "complete").touch()
     return directory
+
+
+def training_batch(config: LMConfig, stream: torch.Tensor, step: int, generator: torch.Generator) -> torch.Tensor:
+    """The ``(batch_size, context + 1)`` batch of ``step``: random windows of ``stream``, the last
+    :meth:`LMConfig.repeated_rows` of them replaced by random tokens whose second half repeats
+    the first.  Before a boost window the draws are those of the unboosted run, so runs that
+    differ only in their window share every checkpoint before it."""
+    offsets = torch.randint(0, len(stream) - config.context - 1, (config.batch_size,), generator=generator)
+    batch = torch.stack([stream[o : o + config.context + 1] for o in offsets.tolist()])
+    repeated = config.repeated_rows(step)
+    if repeated:
+        half = (config.context + 2) // 2
+        first = torch.randint(config.vocab_size, (repeated, half), generator=generator)
+        batch[-repeated:] = torch.cat([first, first], dim=1)[:, : config.context + 1]
+    return batch
 
 
 def token_losses(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,112 @@
+"""Induction heads (paper App. D.2; Olsson et al. 2022): probes, scores and formation time.
+
+An induction head completes ``… A B … A → B``: from the second ``A`` it attends to the token
+right after the first one and copies it.  On sequences whose second half repeats the first,
+it shows up twice: as attention (the *induction score* of a head) and as a drop of the loss on
+the repeated half (the *in-context loss drop*).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from stagewise.lm.training import token_losses
+
+PROBE_GROUPS: tuple[str, ...] = ("non-repeated", "repeated")
+"""Token groups of a repeated probe: targets of the first half, and targets of the second half
+that an induction head can predict (every repeated token but the first)."""
+
+
+def repeated_sequences(count: int, half: int, vocab_size: int, seed: int = 0, disjoint: bool = False,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """``(count, 2·half)`` token ids: ``half`` random tokens, then the same tokens again.
+
+    With ``disjoint`` no token occurs in two sequences (``count·half ≤ vocab_size``), so a
+    probe token's loss can only be helped by its own sequence.  ``generator`` overrides ``seed``.
+    """
+    if count < 1 or half < 2:
+        raise ValueError(f"need count >= 1 and half >= 2, got {count} and {half}")
+    generator = generator or torch.Generator().manual_seed(seed)
+    if disjoint:
+        if count * half > vocab_size:
+            raise ValueError(f"{count} disjoint sequences of {half} tokens need {count * half} distinct tokens; "
+                             f"the vocabulary has {vocab_size}")
+        first = torch.randperm(vocab_size, generator=generator)[: count * half].reshape(count, half)
+    else:
+        first = torch.randint(vocab_size, (count, half), generator=generator)
+    return torch.cat([first, first], dim=1)
+
+
+def probe_groups(count: int, half: int) -> np.ndarray:
+    """Group membership (:data:`PROBE_GROUPS`) of the ``count·(2·half − 1)`` target tokens of a
+    repeated probe, in the order of :func:`token_losses` flattened: ``(tokens, 2)`` booleans.
+    The first repeated token (position ``half``) is in neither group: nothing before it predicts it."""
+    position = np.arange(1, 2 * half)  # the target positions of one sequence
+    one = np.stack([position < half, position > half], axis=1)
+    return np.tile(one, (count, 1))
+
+
+def induction_scores(model: torch.nn.Module, probe: torch.Tensor) -> np.ndarray:
+    """Mean attention from each token of the repeated half to the token after its first
+    occurrence, per head: ``(layers, heads)``, in [0, 1]; ``probe`` from :func:`repeated_sequences`."""
+    half = probe.shape[1] // 2
+    with torch.no_grad():
+        attentions = model(input_ids=probe, output_attentions=True).attentions  # layers × (B, H, L, L)
+    queries = torch.arange(half, 2 * half - 1)
+    return torch.stack([a[:, :, queries, queries - half + 1].mean(dim=(0, 2)) for a in attentions]).numpy()
+
+
+def in_context_loss_drop(model: torch.nn.Module, probe: torch.Tensor) -> float:
+    """Mean loss on the first half minus mean loss on the predictable repeated tokens (nats)."""
+    half = probe.shape[1] // 2
+    with torch.no_grad():
+        losses = token_losses(model, probe)  # target t + 1 at column t
+    return float(losses[:, : half - 1].mean() - losses[:, half:].mean())
+
+
+@dataclass
+class InductionCurves:
+    """Induction measurements over checkpoints."""
+
+    steps: np.ndarray
+    """``(S,)`` training steps."""
+    scores: np.ndarray
+    """``(S, layers, heads)`` induction score of every head."""
+    loss_drop: np.ndarray
+    """``(S,)`` in-context loss drop (nats)."""
+
+    @property
+    def best_score(self) -> np.ndarray:
+        """``(S,)`` the largest induction score of any head."""
+        return self.scores.reshape(len(self.steps), -1).max(axis=1)
+
+    def crossing_step(self, threshold: float) -> float:
+        """First step at which :attr:`best_score` reaches ``threshold``, linearly interpolated
+        between checkpoints; ``nan`` if it never does."""
+        return crossing_step(self.steps, self.best_score, threshold)
+
+
+def induction_curves(load, steps: Sequence[int], probe: torch.Tensor) -> InductionCurves:
+    """:class:`InductionCurves` of the checkpoints ``load(step)`` for ``step`` in ``steps``."""
+    scores, drops = [], []
+    for step in steps:
+        model = load(step)
+        scores.append(induction_scores(model, probe))
+        drops.append(in_context_loss_drop(model, probe))
+    return InductionCurves(np.asarray(steps), np.asarray(scores), np.asarray(drops))
+
+
+def crossing_step(steps: np.ndarray, values: np.ndarray, threshold: float) -> float:
+    """First ``step`` at which ``values`` reaches ``threshold`` (interpolated), ``nan`` if never."""
+    above = np.flatnonzero(np.asarray(values) >= threshold)
+    if len(above) == 0:
+        return float("nan")
+    k = above[0]
+    if k == 0:
+        return float(steps[0])
+    s0, s1, v0, v1 = steps[k - 1], steps[k], values[k - 1], values[k]
+    return float(s0 + (threshold - v0) / (v1 - v0) * (s1 - s0))
