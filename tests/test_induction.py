@@ -78,3 +78,4 @@ def test_crossing_step_interpolates_and_reports_never():
     assert np.isnan(crossing_step(steps, np.array([0.0, 0.1, 0.1, 0.2]), 0.3))
     curves = InductionCurves(steps, np.array([0.0, 0.1, 0.5, 0.9])[:, None, None] * np.ones((1, 2, 3)), np.zeros(4))
     assert curves.best_score.shape == (4,) and curves.crossing_step(0.5) == pytest.approx(200)
+

@@ -165,16 +165,20 @@ def train_language_model(config: LMConfig, stream: torch.Tensor, directory: Path
 
 def training_batch(config: LMConfig, stream: torch.Tensor, step: int, generator: torch.Generator) -> torch.Tensor:
     """The ``(batch_size, context + 1)`` batch of ``step``: random windows of ``stream``, the last
-    :meth:`LMConfig.repeated_rows` of them replaced by random tokens whose second half repeats
-    the first.  Before a boost window the draws are those of the unboosted run, so runs that
-    differ only in their window share every checkpoint before it."""
+    :meth:`LMConfig.repeated_rows` of them replaced by a random segment of random tokens repeated
+    to fill the row.  The segment length varies (8 up to half the row), so only copying by
+    content, not by a fixed offset, predicts the repeats.  Before a boost window the draws are
+    those of the unboosted run, so runs that differ only in their window share every checkpoint
+    before it."""
     offsets = torch.randint(0, len(stream) - config.context - 1, (config.batch_size,), generator=generator)
     batch = torch.stack([stream[o : o + config.context + 1] for o in offsets.tolist()])
     repeated = config.repeated_rows(step)
     if repeated:
-        half = (config.context + 2) // 2
-        first = torch.randint(config.vocab_size, (repeated, half), generator=generator)
-        batch[-repeated:] = torch.cat([first, first], dim=1)[:, : config.context + 1]
+        length = config.context + 1
+        periods = torch.randint(min(8, length // 2), length // 2 + 1, (repeated,), generator=generator).tolist()
+        segments = torch.randint(config.vocab_size, (repeated, length // 2), generator=generator)
+        for row, (segment, period) in enumerate(zip(segments, periods), start=config.batch_size - repeated):
+            batch[row] = segment[:period].repeat(math.ceil(length / period))[:length]
     return batch
 
 
