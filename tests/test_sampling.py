@@ -71,6 +71,20 @@ def test_minibatches_and_per_token_losses():
     assert draws.sampling.shape == (1, 2, 5, 20)
 
 
+def test_one_by_one_evaluation_draws_what_vmap_draws():
+    model = nn.Linear(3, 2).double()
+    x, y = torch.randn(10, 3, dtype=torch.float64), torch.randn(10, 2, dtype=torch.float64)
+    per_token = lambda m, batch: (m(batch[0]) - batch[1]) ** 2
+    checkpoints = [model.state_dict(), {k: v + 0.5 for k, v in model.state_dict().items()}]
+    config = SGLDConfig(epsilon=1e-3, nbeta=10.0, gamma=100.0, chains=3, draws=15, batch_size=4, seed=2)
+    runs = [sample_losses(model, per_token, (x, y), config, (x[:3], y[:3]), checkpoints=checkpoints,
+                          progress=False, vectorize=vectorize) for vectorize in (True, False)]
+    assert runs[0].sampling.shape == (2, 3, 15, 20) and runs[0].observables.shape == (2, 3, 15, 6)
+    torch.testing.assert_close(runs[0].sampling, runs[1].sampling)
+    torch.testing.assert_close(runs[0].observables, runs[1].observables)
+    torch.testing.assert_close(runs[0].initial_loss, runs[1].initial_loss)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [({"epsilon": 0.0}, "epsilon"), ({"epsilon": float("nan")}, "epsilon"), ({"nbeta": -1.0}, "nbeta"),

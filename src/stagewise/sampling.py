@@ -14,7 +14,8 @@ At every draw (before the update, as in the paper's Algorithm 1) it records the 
 losses of the sampling set and of any *observable* sets, which never enter the gradient.
 
 Chains are a batch dimension, and so are checkpoints: all ``checkpoints × chains`` parameter
-sets advance together through ``torch.func.functional_call`` and ``vmap``.
+sets advance together through ``torch.func.functional_call`` and ``vmap`` (for small models;
+a transformer's sets are evaluated one after the other, which is faster there).
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ from tqdm.auto import tqdm
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 """``loss_fn(model, batch)`` returns one loss per sample (``(m,)``) or per token (``(m, L)``)."""
+
+
+VMAP_MAX_PARAMETERS = 100_000
+"""Above this many parameters per set, :func:`sample_losses` evaluates the sets one by one."""
 
 
 class SamplerDivergence(RuntimeError):
@@ -164,6 +169,7 @@ def sample_losses(
     checkpoints: Sequence[Mapping[str, torch.Tensor]] | None = None,
     record_sampling: bool = True,
     progress: bool = True,
+    vectorize: bool | None = None,
 ) -> LossDraws:
     """Run ``config.chains`` RMSprop-SGLD chains from each checkpoint and record losses.
 
@@ -174,6 +180,12 @@ def sample_losses(
 
     Raises :class:`SamplerDivergence` (naming the hyperparameters) when a chain's loss becomes
     non-finite or runs away from the checkpoint's.
+
+    ``vectorize`` chooses how the checkpoint × chain parameter sets are evaluated: as one
+    ``vmap`` batch (``True``; much faster for small models, whose many sets would otherwise cost
+    a Python loop each) or one after the other (``False``; faster for a transformer, whose
+    batched attention under ``vmap`` costs 1.5–2.7× the loop, see ``bench/README.md``).  The
+    default picks ``vmap`` below :data:`VMAP_MAX_PARAMETERS` parameters per set.
     """
     n = _batch_size(data)
     if observables is not None:
@@ -194,8 +206,14 @@ def sample_losses(
         per_sample = losses(params, batch)
         return per_sample.mean(), per_sample
 
-    gradient = vmap(grad_and_value(mean_loss, has_aux=True), in_dims=(0, None if full_batch else 0))
-    evaluate = vmap(losses, in_dims=(0, None))
+    if vectorize is None:
+        vectorize = dimension <= VMAP_MAX_PARAMETERS
+    if vectorize:
+        gradient = vmap(grad_and_value(mean_loss, has_aux=True), in_dims=(0, None if full_batch else 0))
+        evaluate = vmap(losses, in_dims=(0, None))
+    else:
+        gradient = _one_by_one(grad_and_value(mean_loss, has_aux=True), batched_data=not full_batch)
+        evaluate = _one_by_one(losses, batched_data=False)
 
     # All parameters of one chain live in one flat row: w, V and w* are (B, d), checkpoint-major,
     # so each step draws its noise and updates the preconditioner in a handful of tensor ops.
@@ -256,6 +274,19 @@ def sample_losses(
         return None if x is None else x.reshape(K, C, config.draws, -1)
 
     return LossDraws(sampling=shaped(sampled), observables=shaped(observed), initial_loss=initial, config=config)
+
+
+def _one_by_one(function: Callable, batched_data: bool) -> Callable:
+    """``function(params, data)`` applied to each parameter set in turn (and to its own slice of
+    ``data`` when ``batched_data``), the results stacked like ``vmap``'s."""
+
+    def apply(params: dict[str, torch.Tensor], data: Any) -> Any:
+        sets = next(iter(params.values())).shape[0]
+        results = [function({k: v[b] for k, v in params.items()},
+                            tree_map(lambda leaf: leaf[b], data) if batched_data else data) for b in range(sets)]
+        return tree_map(lambda *leaves: torch.stack(leaves), *results)
+
+    return apply
 
 
 def _check_health(batch_loss: torch.Tensor, threshold: torch.Tensor, step: int, chains: int, config: SGLDConfig) -> None:
