@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 book: $(VENV)/.installed
 	cd book && PATH=$(BIN):$$PATH STAGEWISE_PROFILE=$(PROFILE) \
-		jupyter-book build . --config $(ROOT)/_config.yml --toc $(ROOT)/_toc.yml \
+		jupyter-book build . --all --config $(ROOT)/_config.yml --toc $(ROOT)/_toc.yml \
 		--path-output $(ROOT) -W
 	@echo "The book is built: open file://$(ROOT)/_build/html/index.html"
 
@@ -31,6 +31,7 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
 	$(BIN)/python bench/bif_devinterp.py
+	$(BIN)/python bench/lm_draw_cost.py
 
 clean:
 	rm -rf _build
