@@ -7,6 +7,7 @@ import torch
 from stagewise.lm.induction import (
     InductionCurves,
     crossing_step,
+    formation_window,
     in_context_loss_drop,
     induction_scores,
     probe_groups,
@@ -79,3 +80,31 @@ def test_crossing_step_interpolates_and_reports_never():
     curves = InductionCurves(steps, np.array([0.0, 0.1, 0.5, 0.9])[:, None, None] * np.ones((1, 2, 3)), np.zeros(4))
     assert curves.best_score.shape == (4,) and curves.crossing_step(0.5) == pytest.approx(200)
 
+
+
+def test_formation_window_brackets_the_rise_and_snaps_to_checkpoints():
+    from stagewise.lm.intervention import snap_window
+
+    steps = np.arange(0, 1100, 100)
+    best = np.array([0.05, 0.05, 0.06, 0.06, 0.07, 0.15, 0.5, 0.85, 0.9, 0.9, 0.9])
+    curves = InductionCurves(steps, best[:, None, None], np.zeros(len(steps)))
+    start, stop = formation_window(curves)
+    # 10 % of the way from 0.05 to 0.9 is 0.135, reached between steps 400 and 500; 90 % is 0.815
+    assert start == pytest.approx(400 + (0.135 - 0.07) / (0.15 - 0.07) * 100)
+    assert stop == pytest.approx(600 + (0.815 - 0.5) / (0.85 - 0.5) * 100)
+    assert snap_window((start, stop), 100) == (400, 700)
+    assert snap_window((0.0, 30.0), 100) == (100, 200), "a window at initialisation leaves room before it"
+    with pytest.raises(ValueError, match="low < high"):
+        formation_window(curves, low=0.9, high=0.1)
+
+
+def test_intervention_rejects_a_window_off_the_checkpoint_grid():
+    from stagewise.lm.intervention import intervention
+
+    run = SimpleNamespace(config=SimpleNamespace(model=SimpleNamespace(checkpoint_interval=100, steps=1000)))
+    probe = repeated_sequences(2, 4, vocab_size=50)
+    for window in [(150, 300), (0, 300), (300, 1100), (400, 300)]:
+        with pytest.raises(ValueError, match="window must be"):
+            intervention(run, window, 1.0, (1,), probe, progress=False)
+    with pytest.raises(ValueError, match="at least one seed"):
+        intervention(run, (300, 500), 1.0, (), probe, progress=False)

@@ -190,3 +190,36 @@ def test_runs_differing_only_in_a_late_window_share_earlier_checkpoints(tmp_path
     same = [torch.equal(p, q) for p, q in zip(a.load(20).parameters(), b.load(20).parameters())]
     assert all(same)
     assert not torch.equal(next(a.load(40).parameters()), next(b.load(40).parameters()))
+
+
+def test_learning_rate_schedules():
+    from dataclasses import replace
+
+    cosine, constant = TINY, replace(TINY, lr_schedule="constant")
+    assert cosine.learning_rate_factor(0) == pytest.approx(1 / TINY.warmup)
+    assert constant.learning_rate_factor(TINY.steps - 1) == 1.0
+    assert cosine.learning_rate_factor(TINY.steps // 2) == pytest.approx(0.5)
+    assert cosine.learning_rate_factor(TINY.steps) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="lr_schedule must be one of cosine, constant"):
+        replace(TINY, lr_schedule="linear")
+    with pytest.raises(ValueError, match="branch step"):
+        replace(TINY, branch=(TINY.steps + 1, 0))
+
+
+def test_a_branch_forked_from_a_kept_state_equals_one_trained_through(tmp_path):
+    from dataclasses import replace
+
+    stream = torch.randint(0, TINY.vocab_size, (5000,), generator=torch.Generator().manual_seed(0))
+    parent = train_language_model(TINY, stream, tmp_path / "parent", progress=False, keep_states=True)
+    assert (parent / "state-step20.pt").exists() and not (parent / "state-step32.pt").exists(), \
+        "states are kept on the grid of the checkpoint interval only"
+    branched = replace(TINY, branch=(20, 7))
+    forked = LocalCheckpoints(train_language_model(branched, stream, tmp_path / "forked", progress=False,
+                                                   parent=parent))
+    through = LocalCheckpoints(train_language_model(branched, stream, tmp_path / "through", progress=False))
+    assert forked.steps == [20, 32, 40], "a forked branch holds the checkpoints from the branch step on"
+    assert all(torch.equal(p, q) for p, q in zip(forked.load(40).parameters(), through.load(40).parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(through.load(20).parameters(),
+                                                  LocalCheckpoints(parent).load(20).parameters()))
+    # after the branch the data differ from the parent's
+    assert not torch.equal(next(through.load(40).parameters()), next(LocalCheckpoints(parent).load(40).parameters()))

@@ -78,6 +78,28 @@ class LanguageModelSizes:
     asserts_claims: bool
     """Whether the run is large enough for Chapter 4 to assert the paper's claims; the fast
     profile's model is too small and too briefly trained, and only exercises the code."""
+    heads: int = 4
+    learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"
+    repeated_fraction: float = 0.0
+    """Share of each training batch that is repeated random tokens (0: natural text only)."""
+
+
+@dataclass(frozen=True)
+class InductionSizes:
+    """Chapter 5: induction heads and the stagewise intervention."""
+
+    model: LanguageModelSizes
+    """The run and its sampler; SGLD runs at every evenly spaced checkpoint."""
+    probe_sequences: int
+    probe_half: int
+    """The probe: ``probe_sequences`` random sequences of ``probe_half`` tokens, each repeated once."""
+    boosted_fraction: float
+    """Share of repeated sequences in a batch while induction data are upweighted."""
+    seeds: tuple[int, ...]
+    """Data seeds of the intervention's branches, one branch per arm and seed."""
+    threshold: float
+    """Induction score at which a head counts as formed."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +110,7 @@ class Profile:
     theory: TheorySizes
     toy: ToySizes
     lm: LanguageModelSizes
+    induction: InductionSizes
 
 
 PROFILES: dict[str, Profile] = {
@@ -105,6 +128,15 @@ PROFILES: dict[str, Profile] = {
             checkpoint_interval=100, observable_sequences=40, sequence_length=33, sampling_batch=8,
             chains=2, draws=20, analysed_steps=(0, 16, 64, 128, 200, 300), asserts_claims=False,
         ),
+        induction=InductionSizes(
+            model=LanguageModelSizes(
+                vocab_size=512, hidden=64, layers=2, intermediate=256, context=32, steps=200, batch_size=8,
+                checkpoint_interval=25, observable_sequences=16, sequence_length=33, sampling_batch=8,
+                chains=2, draws=10, analysed_steps=(), asserts_claims=False, lr_schedule="constant",
+                repeated_fraction=0.75,
+            ),
+            probe_sequences=16, probe_half=8, boosted_fraction=1.0, seeds=(1, 2), threshold=0.3,
+        ),
     ),
     "default": Profile(
         name="default",
@@ -120,6 +152,15 @@ PROFILES: dict[str, Profile] = {
             vocab_size=2048, hidden=128, layers=6, intermediate=512, context=64, steps=3000, batch_size=16,
             checkpoint_interval=500, observable_sequences=150, sequence_length=55, sampling_batch=16,
             chains=2, draws=60, analysed_steps=(0, 16, 64, 256, 512, 1000, 3000), asserts_claims=True,
+        ),
+        induction=InductionSizes(
+            model=LanguageModelSizes(
+                vocab_size=2048, hidden=128, layers=2, intermediate=512, context=64, steps=2800, batch_size=16,
+                checkpoint_interval=100, observable_sequences=64, sequence_length=55, sampling_batch=16,
+                chains=2, draws=40, analysed_steps=(), asserts_claims=True, lr_schedule="constant",
+                repeated_fraction=0.75,
+            ),
+            probe_sequences=64, probe_half=16, boosted_fraction=1.0, seeds=(1, 2, 3), threshold=0.3,
         ),
     ),
     "paper": Profile(
@@ -138,6 +179,14 @@ PROFILES: dict[str, Profile] = {
             checkpoint_interval=1000, observable_sequences=600, sequence_length=55, sampling_batch=64,
             chains=4, draws=200, analysed_steps=(0, 64, 256, 512, 1000, 2000, 5000, 10_000, 20_000),
             asserts_claims=True,
+        ),
+        induction=InductionSizes(
+            model=LanguageModelSizes(
+                vocab_size=4096, hidden=128, layers=6, intermediate=512, context=256, steps=20_000, batch_size=32,
+                checkpoint_interval=100, observable_sequences=600, sequence_length=55, sampling_batch=64,
+                chains=4, draws=200, analysed_steps=(), asserts_claims=True,
+            ),
+            probe_sequences=64, probe_half=32, boosted_fraction=0.25, seeds=(1, 2, 3), threshold=0.3,
         ),
     ),
 }

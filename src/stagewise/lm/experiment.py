@@ -54,9 +54,11 @@ class TokenInfluenceConfig:
     @classmethod
     def from_sizes(cls, sizes: LanguageModelSizes, epsilon: float, nbeta: float, gamma: float) -> TokenInfluenceConfig:
         """The study at the sizes of a profile (``get_profile().lm``) with the given sampler."""
-        model = LMConfig(vocab_size=sizes.vocab_size, hidden=sizes.hidden, layers=sizes.layers,
+        model = LMConfig(vocab_size=sizes.vocab_size, hidden=sizes.hidden, layers=sizes.layers, heads=sizes.heads,
                          intermediate=sizes.intermediate, context=sizes.context, steps=sizes.steps,
-                         batch_size=sizes.batch_size, checkpoint_interval=sizes.checkpoint_interval)
+                         batch_size=sizes.batch_size, checkpoint_interval=sizes.checkpoint_interval,
+                         learning_rate=sizes.learning_rate, lr_schedule=sizes.lr_schedule,
+                         repeated_fraction=sizes.repeated_fraction)
         sgld = SGLDConfig(epsilon=epsilon, nbeta=nbeta, gamma=gamma, chains=sizes.chains, draws=sizes.draws,
                           batch_size=sizes.sampling_batch)
         return cls(model=model, sgld=sgld, observable_sequences=sizes.observable_sequences,
@@ -74,6 +76,10 @@ class LanguageModelRun:
     """``(sampling_sequences, sequence_length)`` token ids of training text."""
     observable_ids: torch.Tensor
     """``(observable_sequences, sequence_length)`` token ids of held-out text."""
+    train_tokens: torch.Tensor
+    """The training text as one stream of token ids (what branched runs train on)."""
+    corpus_name: str
+    """Names the corpus and tokenizer in the cache keys of runs."""
 
     def observable_classes(self) -> np.ndarray:
         """Class membership of every observable *target* token (positions 1…L−1 of each
@@ -84,9 +90,10 @@ class LanguageModelRun:
         return np.concatenate(rows)
 
 
-def prepare_run(config: TokenInfluenceConfig, progress: bool = True) -> LanguageModelRun:
+def prepare_run(config: TokenInfluenceConfig, progress: bool = True, keep_states: bool = False) -> LanguageModelRun:
     """Tokenizer, token streams and the training run for ``config``, from the cache when present
-    (an interrupted training run resumes)."""
+    (an interrupted training run resumes).  ``keep_states`` keeps the training state at every
+    multiple of the checkpoint interval, for :func:`branch_run`."""
     corpus = stdlib_corpus(config.seed)
     tokenizer_dir = cache_dir() / artifact_key("lm-tokenizer", {
         "vocab": config.model.vocab_size, "documents": config.tokenizer_documents, "corpus": corpus.source,
@@ -100,9 +107,10 @@ def prepare_run(config: TokenInfluenceConfig, progress: bool = True) -> Language
 
     tokens = cached("lm-streams", {"tokenizer": tokenizer_dir.name, "corpus": corpus.source}, streams,
                     TRAINING_SOURCES)
-    directory = run_directory(config.model, f"{corpus.source} / {tokenizer_dir.name}")
+    corpus_name = f"{corpus.source} / {tokenizer_dir.name}"
+    directory = run_directory(config.model, corpus_name)
     if not (directory / "complete").exists():
-        train_language_model(config.model, tokens["train"], directory, progress=progress)
+        train_language_model(config.model, tokens["train"], directory, progress=progress, keep_states=keep_states)
     return LanguageModelRun(
         config=config,
         tokenizer=tokenizer,
@@ -110,7 +118,20 @@ def prepare_run(config: TokenInfluenceConfig, progress: bool = True) -> Language
         sampling_ids=sequences(tokens["train"], config.sampling_sequences, config.sequence_length, seed=config.seed),
         observable_ids=sequences(tokens["observable"], config.observable_sequences, config.sequence_length,
                                  seed=config.seed + 1),
+        train_tokens=tokens["train"],
+        corpus_name=corpus_name,
     )
+
+
+def branch_run(run: LanguageModelRun, model: LMConfig, progress: bool = True) -> LocalCheckpoints:
+    """Checkpoints of a run on ``run``'s corpus with the model configuration ``model``, usually
+    ``run``'s own with a branch and a boost window; trained (from ``run``'s kept state at the
+    branch step when there is one) unless cached."""
+    directory = run_directory(model, run.corpus_name)
+    if not (directory / "complete").exists():
+        train_language_model(model, run.train_tokens, directory, progress=progress,
+                             parent=Path(run.checkpoints.directory))
+    return LocalCheckpoints(directory)
 
 
 def token_draws(run: LanguageModelRun, step: int, observables: torch.Tensor | None = None,

@@ -110,3 +110,13 @@ def crossing_step(steps: np.ndarray, values: np.ndarray, threshold: float) -> fl
         return float(steps[0])
     s0, s1, v0, v1 = steps[k - 1], steps[k], values[k - 1], values[k]
     return float(s0 + (threshold - v0) / (v1 - v0) * (s1 - s0))
+
+
+def formation_window(curves: InductionCurves, low: float = 0.1, high: float = 0.9) -> tuple[float, float]:
+    """Steps at which the best induction score has risen ``low`` and ``high`` of the way from its
+    smallest to its largest value (interpolated): where the induction head forms."""
+    best = curves.best_score
+    if not 0 <= low < high <= 1:
+        raise ValueError(f"need 0 <= low < high <= 1, got {low} and {high}")
+    level = lambda fraction: best.min() + fraction * (best.max() - best.min())  # noqa: E731
+    return crossing_step(curves.steps, best, level(low)), crossing_step(curves.steps, best, level(high))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from tqdm.auto import tqdm
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from stagewise.cache import artifact_key, cache_dir
+
+LR_SCHEDULES = ("cosine", "constant")
 
 TRAINING_SOURCES = ("lm/training.py",)
 """The modules a training run depends on: editing any other part of the library keeps the
@@ -41,6 +44,9 @@ class LMConfig:
     batch_size: int = 16
     learning_rate: float = 1e-3
     warmup: int = 100
+    lr_schedule: str = "cosine"
+    """After the linear warm-up: ``"cosine"`` decay to zero at ``steps`` (Pythia), or
+    ``"constant"`` (a late phase transition is not starved of learning rate)."""
     weight_decay: float = 0.01
     checkpoint_interval: int = 250
     """After the log-spaced checkpoints (1, 2, 4, …, 512), one every this many steps."""
@@ -52,6 +58,9 @@ class LMConfig:
     """Steps ``[start, stop)`` in which the share is ``boosted_fraction`` instead (upweighting
     induction data inside a window of training)."""
     boosted_fraction: float = 0.0
+    branch: tuple[int, int] | None = None
+    """``(step, seed)``: at ``step`` the data are reseeded with ``seed``, so runs that differ
+    only in their branch share everything before ``step`` and see independent data after it."""
 
     def __post_init__(self) -> None:
         if self.hidden % self.heads:
@@ -63,6 +72,17 @@ class LMConfig:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.boost_window is not None and not 0 <= self.boost_window[0] < self.boost_window[1]:
             raise ValueError(f"boost_window must be (start, stop) with 0 <= start < stop, got {self.boost_window}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.branch is not None and not 0 <= self.branch[0] <= self.steps:
+            raise ValueError(f"the branch step must lie in [0, steps = {self.steps}], got {self.branch[0]}")
+
+    def learning_rate_factor(self, step: int) -> float:
+        """Multiplier of :attr:`learning_rate` at ``step``: linear warm-up, then the schedule."""
+        warmup = min(1.0, (step + 1) / self.warmup)
+        if self.lr_schedule == "constant":
+            return warmup
+        return warmup * 0.5 * (1 + math.cos(math.pi * min(step, self.steps) / self.steps))
 
     def repeated_rows(self, step: int) -> int:
         """How many rows of the batch at ``step`` are repeated random sequences."""
@@ -88,9 +108,10 @@ def pythia_architecture(config: LMConfig) -> GPTNeoXConfig:
     )
 
 
-def checkpoint_schedule(steps: int, interval: int) -> list[int]:
-    """Pythia-like: step 0, powers of two up to 512, then every ``interval`` steps, and the last."""
-    schedule = {0, steps}
+def checkpoint_schedule(steps: int, interval: int, branch: int | None = None) -> list[int]:
+    """Pythia-like: step 0, powers of two up to 512, then every ``interval`` steps, and the last
+    (and the branch step, where branched runs start)."""
+    schedule = {0, steps} | ({branch} if branch is not None else set())
     schedule.update(2**k for k in range(10) if 2**k <= steps)
     schedule.update(range(interval, steps + 1, interval))
     return sorted(schedule)
@@ -116,9 +137,21 @@ def _save_atomically(obj: object, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def train_language_model(config: LMConfig, stream: torch.Tensor, directory: Path, progress: bool = True) -> Path:
+def state_path(directory: Path, step: int) -> Path:
+    """Where a run trained with ``keep_states`` keeps its full training state at ``step``."""
+    return directory / f"state-step{step}.pt"
+
+
+def train_language_model(config: LMConfig, stream: torch.Tensor, directory: Path, progress: bool = True,
+                         keep_states: bool = False, parent: Path | None = None) -> Path:
     """Train on random windows of ``stream`` and save ``directory/step{N}`` at every scheduled
-    step; resumes from ``directory/resume.pt`` when present.  Returns ``directory``."""
+    step; resumes from ``directory/resume.pt`` when present.  Returns ``directory``.
+
+    ``keep_states`` also keeps the full training state (weights, optimizer, data generator) at
+    every multiple of the checkpoint interval, three times a checkpoint's size each, so that
+    branched runs can start there.  A branched run (``config.branch``) whose ``parent`` kept its state at the branch
+    step starts there instead of retraining the shared steps; the result is the same.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     if len(stream) <= config.context + 1:
         raise ValueError(f"the token stream ({len(stream)} tokens) is shorter than one context window")
@@ -126,11 +159,14 @@ def train_language_model(config: LMConfig, stream: torch.Tensor, directory: Path
     model = GPTNeoXForCausalLM(pythia_architecture(config))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.95),
                                   weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup)
-                                                 * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: config.learning_rate_factor(s))
     generator = torch.Generator().manual_seed(config.seed)
     start = 0
     resume = directory / "resume.pt"
+    if not resume.exists() and config.branch is not None and parent is not None:
+        fork = state_path(parent, config.branch[0])
+        if fork.exists():
+            shutil.copyfile(fork, resume)
     if resume.exists():
         state = torch.load(resume, weights_only=False)
         model.load_state_dict(state["model"])
@@ -138,7 +174,8 @@ def train_language_model(config: LMConfig, stream: torch.Tensor, directory: Path
         schedule.load_state_dict(state["schedule"])
         generator.set_state(state["generator"])
         start = state["step"]
-    saves = set(checkpoint_schedule(config.steps, config.checkpoint_interval))
+    branch_step, branch_seed = config.branch if config.branch is not None else (None, None)
+    saves = set(checkpoint_schedule(config.steps, config.checkpoint_interval, branch_step))
     model.train()
     bar = tqdm(range(start, config.steps + 1), initial=start, total=config.steps + 1, disable=not progress,
                desc="training", leave=False)
@@ -148,8 +185,12 @@ def train_language_model(config: LMConfig, stream: torch.Tensor, directory: Path
             _save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                               "schedule": schedule.state_dict(), "generator": generator.get_state(),
                               "step": step}, resume)
+            if keep_states and step % config.checkpoint_interval == 0:
+                shutil.copyfile(resume, state_path(directory, step))
         if step == config.steps:
             break
+        if step == branch_step:
+            generator.manual_seed(branch_seed)
         batch = training_batch(config, stream, step, generator)
         loss = model(input_ids=batch, labels=batch).loss
         optimizer.zero_grad(set_to_none=True)
