@@ -81,7 +81,6 @@ def test_crossing_step_interpolates_and_reports_never():
     assert curves.best_score.shape == (4,) and curves.crossing_step(0.5) == pytest.approx(200)
 
 
-
 def test_formation_window_brackets_the_rise_and_snaps_to_checkpoints():
     from stagewise.lm.intervention import snap_window
 
