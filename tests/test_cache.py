@@ -20,7 +20,7 @@ def test_computes_once_per_configuration(cache_root):
     assert cache.cached("thing", {"size": 3}, compute) == {"value": 1}
     assert cache.cached("thing", {"size": 4}, compute) == {"value": 2}
     assert len(calls) == 2
-    assert not list(cache_root.glob("*.tmp*")), "temporary files must not be left behind"
+    assert not list(cache_root.glob("*.tmp")), "temporary files must not be left behind"
 
 
 def test_key_depends_on_library_source(monkeypatch):
@@ -29,13 +29,33 @@ def test_key_depends_on_library_source(monkeypatch):
     assert cache.artifact_key("thing", {"size": 3}) != key
 
 
-def test_key_can_depend_on_named_modules_only():
-    whole = cache.source_fingerprint()
-    training = cache.source_fingerprint(("lm/training.py",))
-    assert training not in (whole, cache.source_fingerprint(("lm/corpus.py",)))
-    assert cache.artifact_key("run", {}, ("lm/training.py",)) != cache.artifact_key("run", {})
-    with pytest.raises(FileNotFoundError):
-        cache.source_fingerprint(("no_such_module.py",))
+def test_scope_is_the_import_closure_of_the_function():
+    from stagewise.lm import corpus, training
+    from stagewise.toy import experiment
+
+    assert "lm/training.py" in cache._scope_of(training.train_language_model)
+    assert "lm/corpus.py" not in cache._scope_of(training.train_language_model)
+    toy = cache._scope_of(experiment.ToyExperiment)
+    assert {"toy/experiment.py", "toy/network.py", "sampling.py"} <= set(toy)  # imported, transitively
+    assert not any(path.startswith("lm/") for path in toy)
+    both = cache._scope_of((training.train_language_model, corpus.stdlib_corpus))
+    assert set(both) == set(cache._scope_of(training.train_language_model)) | set(cache._scope_of(corpus.stdlib_corpus))
+    assert cache.artifact_key("run", {}, training.train_language_model) != cache.artifact_key("run", {})
+    with pytest.raises(ValueError, match="stagewise package"):
+        cache.artifact_key("run", {}, pytest.raises)
+
+
+def test_editing_an_imported_module_changes_the_key(monkeypatch):
+    from stagewise.lm import training
+
+    key = cache.artifact_key("run", {}, training.train_language_model)
+    real = cache.source_fingerprint.__wrapped__
+
+    def edited(modules=None):
+        return "edited" if modules is not None and "lm/training.py" in modules else real(modules)
+
+    monkeypatch.setattr(cache, "source_fingerprint", edited)
+    assert cache.artifact_key("run", {}, training.train_language_model) != key
 
 
 def test_failed_computation_stores_nothing(cache_root):
@@ -45,3 +65,49 @@ def test_failed_computation_stores_nothing(cache_root):
     with pytest.raises(RuntimeError):
         cache.cached("thing", {}, broken)
     assert not list(cache_root.iterdir())
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_corrupted_entry_is_reported_and_recomputed(cache_root, damage):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return list(range(1000))
+
+    cache.cached("thing", {}, compute)
+    (entry,) = cache_root.glob("thing-*.pkl")
+    data = entry.read_bytes()
+    entry.write_bytes(data[: len(data) // 2] if damage == "truncate" else data[:-10] + bytes(10))
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert cache.cached("thing", {}, compute) == list(range(1000))
+    assert len(calls) == 2
+    assert cache.cached("thing", {}, compute) == list(range(1000)) and len(calls) == 2
+
+
+def _fill_entry(root: str, start, value: int) -> None:
+    import os
+
+    os.environ[cache.CACHE_ENV] = root
+    path = cache.cache_dir() / f"{cache.artifact_key('shared', {})}.pkl"
+    start.wait()
+    for _ in range(20):  # the same entry written over and over, as by ranks racing on it
+        cache._write_entry(path, [value] * 200_000)
+
+
+def test_two_processes_filling_one_entry_leave_a_whole_one(cache_root):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    workers = [context.Process(target=_fill_entry, args=(str(cache_root), start, v)) for v in (1, 2)]
+    for worker in workers:
+        worker.start()
+    start.set()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    (entry,) = cache_root.glob("shared-*.pkl")
+    value = cache._read_entry(entry)  # raises on a torn or interleaved write
+    assert value in ([1] * 200_000, [2] * 200_000)
+    assert not list(cache_root.glob("*.tmp")), "temporary files must not be left behind"

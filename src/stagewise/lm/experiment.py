@@ -21,7 +21,6 @@ from stagewise.lm.classes import classify_tokens
 from stagewise.lm.corpus import stdlib_corpus
 from stagewise.lm.tokenizer import load_tokenizer, token_strings, train_bpe_tokenizer
 from stagewise.lm.training import (
-    TRAINING_SOURCES,
     LMConfig,
     run_directory,
     sequences,
@@ -31,9 +30,6 @@ from stagewise.lm.training import (
 )
 from stagewise.profiles import LanguageModelSizes
 from stagewise.sampling import SGLDConfig, sample_losses
-
-DRAW_SOURCES = ("sampling.py", "lm/training.py", "lm/experiment.py")
-"""The modules SGLD draws depend on (cache scope, see :mod:`stagewise.cache`)."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +93,7 @@ def prepare_run(config: TokenInfluenceConfig, progress: bool = True, keep_states
     corpus = stdlib_corpus(config.seed)
     tokenizer_dir = cache_dir() / artifact_key("lm-tokenizer", {
         "vocab": config.model.vocab_size, "documents": config.tokenizer_documents, "corpus": corpus.source,
-        "seed": config.seed}, ("lm/tokenizer.py", "lm/corpus.py"))
+        "seed": config.seed}, (train_bpe_tokenizer, stdlib_corpus))
     if not (tokenizer_dir / "tokenizer.json").exists():
         train_bpe_tokenizer(corpus.train[: config.tokenizer_documents], config.model.vocab_size, tokenizer_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -106,7 +102,7 @@ def prepare_run(config: TokenInfluenceConfig, progress: bool = True, keep_states
         return {"train": token_stream(corpus.train, tokenizer), "observable": token_stream(corpus.observable, tokenizer)}
 
     tokens = cached("lm-streams", {"tokenizer": tokenizer_dir.name, "corpus": corpus.source}, streams,
-                    TRAINING_SOURCES)
+                    token_stream)
     corpus_name = f"{corpus.source} / {tokenizer_dir.name}"
     directory = run_directory(config.model, corpus_name)
     if not (directory / "complete").exists():
@@ -149,4 +145,4 @@ def token_draws(run: LanguageModelRun, step: int, observables: torch.Tensor | No
 
     key = {"config": asdict(run.config), "step": step, "run": Path(run.checkpoints.directory).name,
            "observables": hashlib.sha256(observables.numpy().tobytes()).hexdigest()}
-    return cached("lm-token-draws", key, compute, DRAW_SOURCES)
+    return cached("lm-token-draws", key, compute, token_draws)

@@ -24,10 +24,6 @@ from stagewise.cache import artifact_key, cache_dir
 
 LR_SCHEDULES = ("cosine", "constant")
 
-TRAINING_SOURCES = ("lm/training.py",)
-"""The modules a training run depends on: editing any other part of the library keeps the
-(expensive) cached runs."""
-
 
 @dataclass(frozen=True)
 class LMConfig:
@@ -128,7 +124,8 @@ def token_stream(texts: tuple[str, ...], tokenizer) -> torch.Tensor:
 
 def run_directory(config: LMConfig, corpus_name: str) -> Path:
     """Where the run for this configuration and corpus lives in the cache."""
-    return cache_dir() / artifact_key("lm-run", {"config": asdict(config), "corpus": corpus_name}, TRAINING_SOURCES)
+    return cache_dir() / artifact_key("lm-run", {"config": asdict(config), "corpus": corpus_name},
+                                      train_language_model)
 
 
 def _save_atomically(obj: object, path: Path) -> None:
