@@ -44,11 +44,18 @@ def test_stdlib_and_folder_corpora(tmp_path):
         folder_corpus(tmp_path, pattern="*.md")
 
 
-def test_pile_loader_reads_a_local_stand_in(tmp_path):
-    path = tmp_path / "pile.jsonl"
-    path.write_text("".join(f'{{"text": "pile document {k}", "meta": {{}}}}\n' for k in range(300)))
+@pytest.mark.parametrize("compressed", [False, True], ids=["jsonl", "jsonl.zst"])
+def test_pile_loader_reads_a_local_stand_in(tmp_path, compressed):
+    import zstandard
+
+    rows = "".join(f'{{"text": "pile document {k}", "meta": {{}}}}\n' for k in range(300)).encode()
+    path = tmp_path / ("pile.jsonl.zst" if compressed else "pile.jsonl")
+    path.write_bytes(zstandard.ZstdCompressor().compress(rows) if compressed else rows)
     corpus = pile_corpus("json", documents=250, data_files=str(path))
-    assert len(corpus.train) + len(corpus.validation) + len(corpus.observable) == 250
+    texts = corpus.train + corpus.validation + corpus.observable
+    assert len(texts) == 250 and "pile document 7" in texts
+    with pytest.raises(FileNotFoundError, match="not found"):
+        pile_corpus("json", data_files=str(tmp_path / "absent.jsonl.zst"))
 
 
 def test_tokenizer_round_trip(tmp_path):
@@ -113,22 +120,40 @@ def test_token_losses_and_sequences():
         sequences(stream, count=100, length=20)
 
 
+def test_checkpoints_stored_in_half_precision_load_in_float32(tmp_path):
+    from transformers import GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    GPTNeoXForCausalLM(pythia_architecture(TINY)).half().save_pretrained(tmp_path / "step0")
+    stored = GPTNeoXForCausalLM.from_pretrained(tmp_path / "step0", dtype=torch.float16).state_dict()
+    loaded = LocalCheckpoints(tmp_path).load(0)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(value, stored[name].float()), name
+    # a step of ε = 1e-6 times a unit gradient survives in float32 and rounds away in float16
+    weight = stored["gpt_neox.embed_in.weight"][0, 0]
+    assert weight + 1e-6 == weight and weight.float() + 1e-6 != weight.float()
+
+
 def test_pythia_revisions_load_from_a_local_hub_cache(tmp_path):
     # A stand-in of EleutherAI/pythia-14m in the hub cache layout: a snapshot per revision and
-    # refs/step<N> naming it.  Loaded offline through the same call that fetches the real one.
+    # refs/step<N> naming it, weights in float16 as on the hub.  Loaded offline through the same
+    # call that fetches the real one, converted to float32.
     from transformers import GPTNeoXForCausalLM
 
     repo = tmp_path / "models--EleutherAI--pythia-14m"
     for step, commit in [(1000, "a" * 40), (2000, "b" * 40)]:
         torch.manual_seed(step)
-        GPTNeoXForCausalLM(pythia_architecture(TINY)).save_pretrained(repo / "snapshots" / commit)
+        GPTNeoXForCausalLM(pythia_architecture(TINY)).half().save_pretrained(repo / "snapshots" / commit)
         (repo / "refs").mkdir(parents=True, exist_ok=True)
         (repo / "refs" / f"step{step}").write_text(commit)
     script = textwrap.dedent(f"""
+        import torch
         from stagewise.lm.checkpoints import PythiaCheckpoints
         source = PythiaCheckpoints("EleutherAI/pythia-14m", steps=(1000, 2000), cache_dir={str(tmp_path)!r})
         a, b = source.load(1000), source.load(2000)
         assert a.config.hidden_size == 32
+        assert {{p.dtype for p in a.parameters()}} == {{torch.float32}}
         assert not (a.gpt_neox.embed_in.weight == b.gpt_neox.embed_in.weight).all()
         print("ok")
     """)
@@ -138,25 +163,34 @@ def test_pythia_revisions_load_from_a_local_hub_cache(tmp_path):
 
 
 def test_token_influence_end_to_end_on_a_tiny_run(tmp_path, monkeypatch):
+    from stagewise.book import lm as book_lm
     from stagewise.influence import group_correlation, knn_class_recall
     from stagewise.lm.experiment import TokenInfluenceConfig, prepare_run, token_draws
+    from stagewise.lm.sources import LocalSource
     from stagewise.sampling import SGLDConfig
 
-    monkeypatch.setenv("STAGEWISE_CACHE", str(tmp_path))
+    monkeypatch.setenv("STAGEWISE_CACHE", str(tmp_path / "cache"))
     config = TokenInfluenceConfig(
         model=TINY, sgld=SGLDConfig(epsilon=1e-4, nbeta=100, gamma=1000, chains=2, draws=6, batch_size=4),
-        observable_sequences=6, sequence_length=16, sampling_sequences=32, tokenizer_documents=30)
-    run = prepare_run(config, progress=False)
+        observable_sequences=6, sequence_length=16, sampling_sequences=32)
+    run = prepare_run(config, tmp_path / "run", LocalSource(tokenizer_documents=30), progress=False)
     assert run.checkpoints.steps[-1] == TINY.steps
+    assert len(run.tokenizer) <= TINY.vocab_size and int(run.train_tokens.max()) < TINY.vocab_size
     draws = token_draws(run, run.checkpoints.steps[-1], progress=False)
-    assert draws.shape == (2, 6, 6 * 15)
+    assert draws.shape == (2, 6, 6 * 15) and draws.dtype == torch.float32
+    assert not (tmp_path / "cache").exists(), "a library call must not write to the book's cache"
     classes = run.observable_classes()
     assert classes.shape == (6 * 15, 6)
     assert group_correlation(draws, classes).shape == (6, 6)
     assert knn_class_recall(draws, classes, k=5).shape == (6,)
-    # a second call is served from the cache, without sampling again
+    # the book's wrapper caches: a second call is served without sampling again
+    cached = book_lm.token_draws(run, run.checkpoints.steps[-1], progress=False)
+    torch.testing.assert_close(cached, draws)  # the same seeded chains
     monkeypatch.setattr("stagewise.lm.experiment.sample_losses", None)
-    assert torch.equal(token_draws(run, run.checkpoints.steps[-1], progress=False), draws)
+    assert torch.equal(book_lm.token_draws(run, run.checkpoints.steps[-1], progress=False), cached)
+    # another sampling set is another entry
+    with pytest.raises(TypeError):
+        book_lm.token_draws(run, run.checkpoints.steps[-1], sampling=run.sampling_ids[:16], progress=False)
 
 
 def test_training_batches_mix_in_repeated_sequences_and_boost_in_a_window():

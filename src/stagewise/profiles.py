@@ -18,9 +18,14 @@ with the environment variable ``STAGEWISE_PROFILE``:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 PROFILE_ENV = "STAGEWISE_PROFILE"
+LM_SOURCE_ENV = "STAGEWISE_LM"
+LM_SOURCES: tuple[str, ...] = ("local", "pythia-14m")
+"""Where Chapters 4 and 5 take their model, tokenizer and text from: ``local`` (offline: the
+standard library, a BPE and models trained here) or ``pythia-14m`` (Pythia-14m's hub revisions,
+its tokenizer and the Pile; needs a network or a filled hub cache)."""
 
 
 @dataclass(frozen=True)
@@ -103,14 +108,49 @@ class InductionSizes:
 
 
 @dataclass(frozen=True)
+class PythiaSizes:
+    """Chapter 4 with the ``pythia-14m`` source: SGLD around Pythia-14m's published revisions."""
+
+    analysed_steps: tuple[int, ...]
+    """Hub revisions ``step<N>`` at which the BIF is estimated."""
+    observable_sequences: int
+    sequence_length: int
+    sampling_batch: int
+    chains: int
+    draws: int
+    documents: int
+    """Pile documents read (the first ones of the stream), split into training and held-out text."""
+    asserts_claims: bool
+    """Whether Chapter 4 asserts the paper's Pythia claims (not on the fast profile's stand-in)."""
+
+
+@dataclass(frozen=True)
 class Profile:
-    """All sizes of one profile, grouped by chapter."""
+    """All sizes of one profile, grouped by chapter, and the language-model source."""
 
     name: str
     theory: TheorySizes
     toy: ToySizes
     lm: LanguageModelSizes
     induction: InductionSizes
+    pythia: PythiaSizes
+    lm_source: str = "local"
+    """One of :data:`LM_SOURCES`; ``$STAGEWISE_LM`` overrides it."""
+
+    def __post_init__(self) -> None:
+        if self.lm_source not in LM_SOURCES:
+            raise ValueError(f"unknown language-model source {self.lm_source!r} (from {LM_SOURCE_ENV} or the "
+                             f"profile); valid sources are: {', '.join(LM_SOURCES)}")
+
+
+PAPER_PYTHIA = PythiaSizes(
+    # log-spaced through the early revisions, dense around the induction bump (≈1k–60k steps)
+    analysed_steps=(0, 64, 256, 512, 1000, 2000, 4000, 8000, 16_000, 24_000, 30_000, 36_000, 50_000, 70_000,
+                    100_000, 143_000),
+    observable_sequences=600, sequence_length=55, sampling_batch=64, chains=4, draws=200,
+    documents=2000, asserts_claims=True,
+)
+"""Paper Table 2: 600 sequences × 55 tokens, minibatches of 64, 4 chains × 200 draws."""
 
 
 PROFILES: dict[str, Profile] = {
@@ -137,6 +177,10 @@ PROFILES: dict[str, Profile] = {
             ),
             probe_sequences=16, probe_half=8, boosted_fraction=1.0, seeds=(1, 2), threshold=0.3,
         ),
+        pythia=PythiaSizes(
+            analysed_steps=(0, 512, 1000), observable_sequences=12, sequence_length=33, sampling_batch=8,
+            chains=2, draws=4, documents=200, asserts_claims=False,
+        ),
     ),
     "default": Profile(
         name="default",
@@ -162,6 +206,7 @@ PROFILES: dict[str, Profile] = {
             ),
             probe_sequences=64, probe_half=16, boosted_fraction=1.0, seeds=(1, 2, 3), threshold=0.3,
         ),
+        pythia=PAPER_PYTHIA,
     ),
     "paper": Profile(
         name="paper",
@@ -188,23 +233,27 @@ PROFILES: dict[str, Profile] = {
             ),
             probe_sequences=64, probe_half=32, boosted_fraction=0.25, seeds=(1, 2, 3), threshold=0.3,
         ),
+        pythia=PAPER_PYTHIA,
     ),
 }
 
 
 def get_profile(name: str | None = None) -> Profile:
-    """Return the profile called ``name``, or the one named by ``$STAGEWISE_PROFILE``.
+    """Return the profile called ``name``, or the one named by ``$STAGEWISE_PROFILE``, with its
+    language-model source replaced by ``$STAGEWISE_LM`` when that is set.
 
-    With neither given, the ``default`` profile.  An unknown name raises ``ValueError``
-    listing the valid ones.
+    With neither given, the ``default`` profile.  An unknown name or source raises
+    ``ValueError`` listing the valid ones.
     """
     if name is None:
         name = os.environ.get(PROFILE_ENV, "").strip() or "default"
     try:
-        return PROFILES[name]
+        profile = PROFILES[name]
     except KeyError:
         valid = ", ".join(PROFILES)
         raise ValueError(
             f"unknown profile {name!r} (from {PROFILE_ENV} or the argument); "
             f"valid profiles are: {valid}"
         ) from None
+    source = os.environ.get(LM_SOURCE_ENV, "").strip()
+    return replace(profile, lm_source=source) if source else profile

@@ -2,7 +2,8 @@
 
 Offline default: the standard-library sources of the running interpreter (code, docstrings
 and comments; about 30 MB of text), present wherever Python is.  Alternatives: any folder of
-text files, or, for users with a network, a subset of the Pile through ``datasets``.
+text files, or the first documents of the Pile through ``datasets`` (streamed from the hub with a
+network, or read from local ``.jsonl.zst`` shards).
 Documents are assigned to splits by a seeded hash of their name, so a split never changes when
 documents are added elsewhere.
 """
@@ -66,16 +67,31 @@ def stdlib_corpus(seed: int = 0) -> Corpus:
 
 
 def pile_corpus(dataset: str = "monology/pile-uncopyrighted", documents: int = 20_000, seed: int = 0,
-                data_files: str | list[str] | None = None) -> Corpus:
-    """The first ``documents`` documents of a Pile-style data set (a ``text`` field), streamed
-    with ``datasets`` (needs a network for hub names; ``dataset="json"`` with local
-    ``data_files`` works offline)."""
+                data_files: str | list[str] | tuple[str, ...] | None = None) -> Corpus:
+    """The first ``documents`` documents of a Pile-style data set (a ``text`` field per row),
+    streamed with ``datasets`` and split by a seeded hash of their position.
+
+    ``dataset`` is a hub name (needs a network, or the ``datasets`` cache), or ``"json"`` with
+    local ``data_files``: the Pile's own ``.jsonl.zst`` shards (decompressed with
+    ``zstandard``) or plain ``.jsonl``.  The Pile's shards on the hub are ``.jsonl.zst`` too.
+    """
     from datasets import load_dataset  # optional dependency: pip install stagewise[pile]
 
-    stream = load_dataset(dataset, data_files=data_files, split="train", streaming=True)
+    files = [data_files] if isinstance(data_files, str) else list(data_files or [])
+    if dataset != "json" or any(str(f).endswith(".zst") for f in files):
+        try:
+            import zstandard  # noqa: F401  (datasets needs it for .zst files, and only says so mid-stream)
+        except ImportError:
+            raise ImportError("reading the Pile's .jsonl.zst files needs the zstandard package: "
+                              "pip install zstandard (pinned in requirements.txt)") from None
+    missing = [str(f) for f in files if dataset == "json" and not Path(f).exists()]
+    if missing:
+        raise FileNotFoundError(f"Pile files not found: {', '.join(missing)}")
+    stream = load_dataset(dataset, data_files=files or None, split="train", streaming=True)
     texts = {}
     for k, row in enumerate(stream):
         if k >= documents:
             break
         texts[f"{k:09d}"] = row["text"]
-    return split_documents(texts, f"{dataset} ({len(texts)} documents)", seed)
+    return split_documents(texts, f"{dataset if not files else ', '.join(Path(f).name for f in files)} "
+                                  f"({len(texts)} documents)", seed)

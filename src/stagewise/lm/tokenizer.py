@@ -24,9 +24,12 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, directory: str | 
     return tokenizer
 
 
-def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerFast:
-    """A saved tokenizer directory, or a hub name such as ``"EleutherAI/pythia-14m"`` (network)."""
-    return AutoTokenizer.from_pretrained(str(name_or_path))
+def load_tokenizer(name_or_path: str | Path, revision: str | None = None,
+                   cache_dir: str | Path | None = None) -> PreTrainedTokenizerFast:
+    """A saved tokenizer directory, or a hub name such as ``"EleutherAI/pythia-14m"`` at a
+    ``revision`` (network, or the hub cache ``cache_dir`` with ``HF_HUB_OFFLINE=1``)."""
+    return AutoTokenizer.from_pretrained(str(name_or_path), revision=revision,
+                                         cache_dir=None if cache_dir is None else str(cache_dir))
 
 
 def token_strings(tokenizer: PreTrainedTokenizerFast, ids: Iterable[int]) -> list[str]:

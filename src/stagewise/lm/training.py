@@ -3,8 +3,9 @@
 The model is ``GPTNeoXForCausalLM`` with Pythia-14m's design (rotary embeddings on a quarter of
 each head, parallel residual) and sizes from the configuration.  Training saves checkpoints on
 a Pythia-like schedule (log-spaced early, then evenly spaced) in the transformers format, and a
-resume file after each, so an interrupted run continues where it stopped.  Runs live in the
-content-addressed cache, keyed by their configuration.
+resume file after each, so an interrupted run continues where it stopped.  A run lives in the
+directory its caller names (the book keeps them in its cache, :mod:`stagewise.book.lm`), on the
+device its caller names (the CPU by default).
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-from stagewise.cache import artifact_key, cache_dir
 
 LR_SCHEDULES = ("cosine", "constant")
 
@@ -122,12 +121,6 @@ def token_stream(texts: tuple[str, ...], tokenizer) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def run_directory(config: LMConfig, corpus_name: str) -> Path:
-    """Where the run for this configuration and corpus lives in the cache."""
-    return cache_dir() / artifact_key("lm-run", {"config": asdict(config), "corpus": corpus_name},
-                                      train_language_model)
-
-
 def _save_atomically(obj: object, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -139,21 +132,25 @@ def state_path(directory: Path, step: int) -> Path:
     return directory / f"state-step{step}.pt"
 
 
-def train_language_model(config: LMConfig, stream: torch.Tensor, directory: Path, progress: bool = True,
-                         keep_states: bool = False, parent: Path | None = None) -> Path:
-    """Train on random windows of ``stream`` and save ``directory/step{N}`` at every scheduled
-    step; resumes from ``directory/resume.pt`` when present.  Returns ``directory``.
+def train_language_model(config: LMConfig, stream: torch.Tensor, directory: str | Path, progress: bool = True,
+                         keep_states: bool = False, parent: Path | None = None,
+                         device: str | torch.device = "cpu") -> Path:
+    """Train on random windows of ``stream`` (1-D token ids) on ``device`` and save
+    ``directory/step{N}`` at every scheduled step; resumes from ``directory/resume.pt`` when
+    present.  Returns ``directory``.  Weights are initialised and batches drawn on the CPU, so
+    the data and the initialisation do not depend on the device.
 
     ``keep_states`` also keeps the full training state (weights, optimizer, data generator) at
     every multiple of the checkpoint interval, three times a checkpoint's size each, so that
     branched runs can start there.  A branched run (``config.branch``) whose ``parent`` kept its state at the branch
     step starts there instead of retraining the shared steps; the result is the same.
     """
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if len(stream) <= config.context + 1:
         raise ValueError(f"the token stream ({len(stream)} tokens) is shorter than one context window")
     torch.manual_seed(config.seed)
-    model = GPTNeoXForCausalLM(pythia_architecture(config))
+    model = GPTNeoXForCausalLM(pythia_architecture(config)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.95),
                                   weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: config.learning_rate_factor(s))
@@ -165,11 +162,11 @@ def train_language_model(config: LMConfig, stream: torch.Tensor, directory: Path
         if fork.exists():
             shutil.copyfile(fork, resume)
     if resume.exists():
-        state = torch.load(resume, weights_only=False)
+        state = torch.load(resume, weights_only=False, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        generator.set_state(state["generator"])
+        generator.set_state(state["generator"].cpu())
         start = state["step"]
     branch_step, branch_seed = config.branch if config.branch is not None else (None, None)
     saves = set(checkpoint_schedule(config.steps, config.checkpoint_interval, branch_step))
@@ -188,7 +185,7 @@ def train_language_model(config: LMConfig, stream: torch.Tensor, directory: Path
             break
         if step == branch_step:
             generator.manual_seed(branch_seed)
-        batch = training_batch(config, stream, step, generator)
+        batch = training_batch(config, stream, step, generator).to(device)
         loss = model(input_ids=batch, labels=batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

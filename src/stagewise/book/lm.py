@@ -1,0 +1,140 @@
+"""The language-model chapters' boundary (Chapters 4 and 5): profile sizes, the source, the
+device and the cache around :mod:`stagewise.lm`.
+
+The source is one setting: the profile's ``lm_source``, overridden by ``$STAGEWISE_LM``
+(``local``, the offline default, or ``pythia-14m``).  With ``pythia-14m`` the text is the Pile,
+streamed from the hub, or local shards named in ``$STAGEWISE_PILE`` (paths separated by
+``os.pathsep``, ``.jsonl.zst`` as the Pile ships them); the checkpoints and tokenizer come from
+the Hugging Face hub, or its cache (``$HF_HOME``) with ``HF_HUB_OFFLINE=1``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from stagewise.book import book_device
+from stagewise.cache import cache_dir, artifact_key, cached
+from stagewise.lm import sources
+from stagewise.lm import experiment
+from stagewise.lm.experiment import LanguageModelRun, TokenInfluenceConfig, branch_run
+from stagewise.lm.sources import LanguageModelSource, LocalSource, PythiaSource, SourceUnavailable
+from stagewise.lm.training import LMConfig
+from stagewise.profiles import LM_SOURCE_ENV, LanguageModelSizes, Profile, get_profile
+from stagewise.sampling import SGLDConfig
+
+__all__ = ["PAPER_SAMPLER", "PILE_ENV", "LanguageModelRun", "TokenInfluenceConfig", "branch_run", "lm_source",
+           "prepare_run", "study_config", "study_sizes", "token_draws"]
+
+PILE_ENV = "STAGEWISE_PILE"
+PAPER_SAMPLER: dict[str, float] = {"epsilon": 1e-6, "nbeta": 256, "gamma": 1000}
+"""The paper's sampler for Pythia-14m (Table 2: ε = 1e-6, nβ ∈ {256, 1024}, γ ∈ {500, 1000})."""
+OFFLINE_HINT = (f"To build the book offline instead, use the local source: unset {LM_SOURCE_ENV} (or set "
+                f"{LM_SOURCE_ENV}=local). To use Pythia without a network, fill the hub cache (HF_HOME) with its "
+                f"revisions, set HF_HUB_OFFLINE=1, and name local Pile .jsonl.zst shards in {PILE_ENV}.")
+
+
+def lm_source(profile: Profile | None = None) -> LanguageModelSource:
+    """The source the profile (``$STAGEWISE_LM`` included) chooses for Chapters 4 and 5."""
+    profile = profile or get_profile()
+    if profile.lm_source == "local":
+        return LocalSource()
+    pile_files = tuple(p for p in os.environ.get(PILE_ENV, "").split(os.pathsep) if p.strip())
+    return PythiaSource(repo=f"EleutherAI/{profile.lm_source}", steps=profile.pythia.analysed_steps,
+                        pile_files=pile_files, documents=profile.pythia.documents)
+
+
+def _check(source: LanguageModelSource) -> None:
+    try:
+        sources.check_available(source)
+    except SourceUnavailable as error:
+        raise SourceUnavailable(f"{error}.\n{OFFLINE_HINT}") from None
+
+
+def study_sizes(profile: Profile | None = None) -> LanguageModelSizes:
+    """Chapter 4's sizes for the profile's source: the profile's ``lm`` for the local source;
+    for Pythia, the hub model's architecture and the profile's ``pythia`` study sizes (fails at
+    once, saying what is missing, when Pythia cannot be reached)."""
+    profile = profile or get_profile()
+    source = lm_source(profile)
+    if isinstance(source, LocalSource):
+        return profile.lm
+    _check(source)
+    from transformers import AutoConfig
+
+    hub = AutoConfig.from_pretrained(source.repo, revision=f"step{source.steps[-1]}", cache_dir=source.cache_dir)
+    study = profile.pythia
+    return LanguageModelSizes(
+        vocab_size=hub.vocab_size, hidden=hub.hidden_size, layers=hub.num_hidden_layers, heads=hub.num_attention_heads,
+        intermediate=hub.intermediate_size, context=hub.max_position_embeddings, steps=max(source.steps),
+        batch_size=1024, checkpoint_interval=1000,  # Pythia's: 1024 sequences a step, a revision every 1000 steps
+        observable_sequences=study.observable_sequences, sequence_length=study.sequence_length,
+        sampling_batch=study.sampling_batch, chains=study.chains, draws=study.draws,
+        analysed_steps=study.analysed_steps,
+        asserts_claims=False,  # the claims of the local run; Pythia's are asserted in their own section
+    )
+
+
+def study_config(sizes: LanguageModelSizes, epsilon: float, nbeta: float, gamma: float,
+                 sampling_sequences: int | None = None) -> TokenInfluenceConfig:
+    """The per-token influence study at the sizes ``sizes`` with the given sampler."""
+    model = LMConfig(vocab_size=sizes.vocab_size, hidden=sizes.hidden, layers=sizes.layers, heads=sizes.heads,
+                     intermediate=sizes.intermediate, context=sizes.context, steps=sizes.steps,
+                     batch_size=sizes.batch_size, checkpoint_interval=sizes.checkpoint_interval,
+                     learning_rate=sizes.learning_rate, lr_schedule=sizes.lr_schedule,
+                     repeated_fraction=sizes.repeated_fraction)
+    sgld = SGLDConfig(epsilon=epsilon, nbeta=nbeta, gamma=gamma, chains=sizes.chains, draws=sizes.draws,
+                      batch_size=sizes.sampling_batch)
+    config = TokenInfluenceConfig(model=model, sgld=sgld, observable_sequences=sizes.observable_sequences,
+                                  sequence_length=sizes.sequence_length)
+    return config if sampling_sequences is None else replace(config, sampling_sequences=sampling_sequences)
+
+
+def _source_key(source: LanguageModelSource) -> dict:
+    """What fixes the text and tokenizer of ``source`` (not its revisions, nor the hub cache)."""
+    if isinstance(source, LocalSource):
+        return {"name": source.name, **asdict(source)}
+    files = [(str(Path(f).resolve()), Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in source.pile_files]
+    return {"name": source.name, "repo": source.repo, "pile": source.pile if not files else files,
+            "documents": source.documents, "seed": source.seed}
+
+
+def prepare_run(sizes: LanguageModelSizes, source: LanguageModelSource | None = None, *, epsilon: float,
+                nbeta: float, gamma: float, train: bool = False, sampling_sequences: int | None = None,
+                keep_states: bool = False, progress: bool = True) -> LanguageModelRun:
+    """The run of the study at ``sizes`` on ``source`` (default: the profile's), kept in the
+    book's cache and loaded on :func:`stagewise.book.book_device`.
+
+    With a Pythia source the checkpoints are its hub revisions unless ``train``, in which case a
+    model of ``sizes`` with Pythia's vocabulary is trained on the Pile (as the paper's App. D.2
+    does).  ``keep_states`` implies a trained run; see :func:`stagewise.lm.experiment.prepare_run`.
+    """
+    source = lm_source() if source is None else source
+    _check(source)
+    config = study_config(sizes, epsilon, nbeta, gamma, sampling_sequences)
+    train = train or keep_states
+    if isinstance(source, PythiaSource) and train:
+        config = replace(config, model=replace(config.model, vocab_size=sources.source_vocab_size(source, config.model)))
+    directory = cache_dir() / artifact_key("lm-source", _source_key(source), sources)
+    return experiment.prepare_run(config, directory, source, train=train, progress=progress,
+                                  keep_states=keep_states, device=book_device())
+
+
+def _digest(ids: torch.Tensor) -> str:
+    return hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest()
+
+
+def token_draws(run: LanguageModelRun, step: int, observables: torch.Tensor | None = None,
+                sampling: torch.Tensor | None = None, progress: bool = True) -> torch.Tensor:
+    """:func:`stagewise.lm.experiment.token_draws`, cached: ``(chains, draws, M·(L−1))``."""
+    key = {"config": asdict(run.config), "step": step, "source": run.directory.name,
+           "checkpoints": run.checkpoints.name,
+           "observables": _digest(run.observable_ids if observables is None else observables),
+           "sampling": _digest(run.sampling_ids if sampling is None else sampling)}
+    return cached("lm-token-draws", key,
+                  lambda: experiment.token_draws(run, step, observables, sampling, progress=progress),
+                  experiment.token_draws)

@@ -1,0 +1,196 @@
+"""Where a language-model study's text, tokenizer and checkpoints come from, chosen as one.
+
+A *source* fixes the three together, so a model is never fed ids from another tokenizer:
+
+:class:`LocalSource` (the offline default)
+    the Python standard library's sources as text, a byte-level BPE trained on them, and models
+    of Pythia-14m's architecture trained from scratch on that text;
+:class:`PythiaSource`
+    the Pile (streamed from the hub, or local ``.jsonl.zst`` shards), Pythia's own tokenizer and
+    Pythia's published hub revisions ``step0 … step143000``; a model can also be trained from
+    scratch on this text and tokenizer, as the paper's App. D.2 does.
+
+Everything a source builds (tokenizer, token streams, trained runs) is written under a
+directory its caller names; hub files go to the Hugging Face cache, as the hub client does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from stagewise.lm.checkpoints import PYTHIA_STEPS, LocalCheckpoints, PythiaCheckpoints
+from stagewise.lm.corpus import Corpus, pile_corpus, stdlib_corpus
+from stagewise.lm.tokenizer import load_tokenizer, train_bpe_tokenizer
+from stagewise.lm.training import LMConfig, token_stream, train_language_model
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    """Standard-library text, a byte-level BPE of the model's vocabulary size trained on its
+    first ``tokenizer_documents`` training documents, and models trained here."""
+
+    tokenizer_documents: int = 400
+    seed: int = 0
+    """Seeds the split of the documents into training, validation and observable text."""
+    name: ClassVar[str] = "local"
+
+    def describe(self) -> str:
+        return "local: a Pythia-architecture model trained here on the Python standard library, with its own BPE"
+
+
+@dataclass(frozen=True)
+class PythiaSource:
+    """A Pythia model's hub revisions, its tokenizer, and the first ``documents`` documents of
+    the Pile: the hub data set ``pile`` streamed, or the local shards ``pile_files``
+    (``.jsonl.zst`` as the Pile ships them, or ``.jsonl``)."""
+
+    repo: str = "EleutherAI/pythia-14m"
+    steps: tuple[int, ...] = PYTHIA_STEPS
+    """The revisions the study uses (loading one fetches it; fetching all 154 is not needed)."""
+    pile: str = "monology/pile-uncopyrighted"
+    pile_files: tuple[str, ...] = ()
+    documents: int = 2000
+    seed: int = 0
+    cache_dir: str | None = None
+    """The Hugging Face hub cache (default: the hub client's, ``$HF_HOME/hub``)."""
+
+    def __post_init__(self) -> None:
+        if not self.steps:
+            raise ValueError("a Pythia source needs at least one revision step")
+        PythiaCheckpoints(self.repo, self.steps)  # validates the steps
+
+    @property
+    def name(self) -> str:
+        return self.repo.rpartition("/")[2]
+
+    def describe(self) -> str:
+        text = ", ".join(Path(f).name for f in self.pile_files) if self.pile_files else self.pile
+        return f"{self.name}: {self.repo}'s hub revisions and tokenizer, {self.documents} documents of the Pile ({text})"
+
+
+LanguageModelSource = LocalSource | PythiaSource
+
+
+class SourceUnavailable(RuntimeError):
+    """A source's files cannot be reached (no network and no local copy)."""
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def check_available(source: LanguageModelSource) -> None:
+    """Raise :class:`SourceUnavailable`, naming every missing piece at once, when the tokenizer,
+    a revision or the text of ``source`` can be neither found locally nor fetched.  Checks only
+    small files (each revision's ``config.json``), before anything long starts."""
+    if isinstance(source, LocalSource):
+        return
+    from huggingface_hub import HfApi, hf_hub_download
+
+    missing = []
+    files = [("tokenizer.json", source.steps[-1])] + [("config.json", step) for step in source.steps]
+    for filename, step in files:
+        try:
+            hf_hub_download(source.repo, filename, revision=f"step{step}", cache_dir=source.cache_dir)
+        except Exception as error:  # offline, no network, unknown repo or revision: all mean "missing"
+            missing.append(f"{source.repo}@step{step}/{filename} ({type(error).__name__})")
+    if source.pile_files:
+        missing += [f"Pile file {f}" for f in source.pile_files if not Path(f).exists()]
+    elif _offline():
+        missing.append(f"the Pile ({source.pile}): streaming needs the network, and HF_HUB_OFFLINE is set; "
+                       f"pass local .jsonl.zst shards as pile_files")
+    else:
+        try:
+            HfApi().dataset_info(source.pile, timeout=10)
+        except Exception as error:
+            missing.append(f"the Pile data set {source.pile} ({type(error).__name__})")
+    needs_zstd = not source.pile_files or any(f.endswith(".zst") for f in source.pile_files)
+    if needs_zstd:
+        try:
+            import zstandard  # noqa: F401
+        except ImportError:
+            missing.append("the zstandard package (the Pile is .jsonl.zst): pip install zstandard")
+    if missing:
+        shown = missing if len(missing) <= 6 else [*missing[:5], f"… and {len(missing) - 5} more"]
+        raise SourceUnavailable(f"the {source.name} source cannot be reached, with no network and no local copy; "
+                                f"missing: " + "; ".join(shown))
+
+
+def source_vocab_size(source: LanguageModelSource, config: LMConfig) -> int:
+    """The vocabulary size of models of ``source``: ``config``'s for the local source, the hub
+    model's (50 304 for Pythia) for Pythia."""
+    if isinstance(source, LocalSource):
+        return config.vocab_size
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source.repo, revision=f"step{source.steps[-1]}",
+                                      cache_dir=source.cache_dir).vocab_size
+
+
+def source_corpus(source: LanguageModelSource) -> Corpus:
+    """The text of ``source``, split into training, validation and observable documents."""
+    if isinstance(source, LocalSource):
+        return stdlib_corpus(source.seed)
+    if source.pile_files:
+        return pile_corpus("json", source.documents, source.seed, data_files=list(source.pile_files))
+    return pile_corpus(source.pile, source.documents, source.seed)
+
+
+def text_directory(source: LanguageModelSource, vocab_size: int, directory: Path) -> Path:
+    """Where the tokenizer and token streams of ``source`` are kept under ``directory``: one
+    folder per local vocabulary size; Pythia's tokenizer is fixed."""
+    return directory / (f"bpe-{vocab_size}" if isinstance(source, LocalSource) else "pythia-tokens")
+
+
+def source_tokenizer(source: LanguageModelSource, vocab_size: int, directory: Path):
+    """Pythia's tokenizer from the hub, or a BPE of ``vocab_size`` tokens trained on the local
+    corpus and kept in :func:`text_directory`."""
+    if isinstance(source, PythiaSource):
+        return load_tokenizer(source.repo, revision=f"step{source.steps[-1]}", cache_dir=source.cache_dir)
+    saved = text_directory(source, vocab_size, directory) / "tokenizer"
+    if not (saved / "tokenizer.json").exists():
+        train_bpe_tokenizer(source_corpus(source).train[: source.tokenizer_documents], vocab_size, saved)
+    return load_tokenizer(saved)
+
+
+def source_streams(source: LanguageModelSource, tokenizer, vocab_size: int, directory: Path) -> dict[str, torch.Tensor]:
+    """The training and observable text of ``source`` as 1-D token-id tensors, kept in
+    :func:`text_directory` (the Pile is read once)."""
+    path = text_directory(source, vocab_size, directory) / "streams.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        return torch.load(path)
+    corpus = source_corpus(source)
+    streams = {"train": token_stream(corpus.train, tokenizer), "observable": token_stream(corpus.observable, tokenizer)}
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(streams, temporary)
+    os.replace(temporary, path)
+    return streams
+
+
+def model_directory(directory: Path, model: LMConfig) -> Path:
+    """Where a model with configuration ``model`` trains on the text of the source kept in
+    ``directory``."""
+    digest = hashlib.sha256(json.dumps(asdict(model), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return directory / f"run-{digest}"
+
+
+def source_checkpoints(source: LanguageModelSource, model: LMConfig, train_tokens: torch.Tensor, directory: Path,
+                       train: bool = False, progress: bool = True, keep_states: bool = False,
+                       device: str | torch.device = "cpu") -> LocalCheckpoints | PythiaCheckpoints:
+    """Pythia's published revisions (``train=False`` with a Pythia source), or a model
+    ``model`` trained (or resumed) in :func:`model_directory` on ``train_tokens``."""
+    if isinstance(source, PythiaSource) and not train:
+        return PythiaCheckpoints(source.repo, source.steps, source.cache_dir, device=device)
+    run = model_directory(directory, model)
+    if not (run / "complete").exists():
+        train_language_model(model, train_tokens, run, progress=progress, keep_states=keep_states, device=device)
+    return LocalCheckpoints(run, device=device)
