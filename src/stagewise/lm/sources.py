@@ -87,41 +87,62 @@ def _offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
+def _hub_reachable() -> bool:
+    """One request to the hub, without the client's retries (which take minutes offline)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=10)
+    except Exception:  # no network, no DNS, a proxy refusing: all mean "unreachable"
+        return False
+    return True
+
+
 def check_available(source: LanguageModelSource) -> None:
     """Raise :class:`SourceUnavailable`, naming every missing piece at once, when the tokenizer,
     a revision or the text of ``source`` can be neither found locally nor fetched.  Checks only
-    small files (each revision's ``config.json``), before anything long starts."""
+    small files (each revision's ``config.json``), before anything long starts, and asks the hub
+    only when something is not in its local cache."""
     if isinstance(source, LocalSource):
         return
-    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub import HfApi, hf_hub_download, try_to_load_from_cache
 
-    missing = []
     files = [("tokenizer.json", source.steps[-1])] + [("config.json", step) for step in source.steps]
-    for filename, step in files:
-        try:
-            hf_hub_download(source.repo, filename, revision=f"step{step}", cache_dir=source.cache_dir)
-        except Exception as error:  # offline, no network, unknown repo or revision: all mean "missing"
-            missing.append(f"{source.repo}@step{step}/{filename} ({type(error).__name__})")
+    uncached = [(name, step) for name, step in files
+                if not isinstance(try_to_load_from_cache(source.repo, name, cache_dir=source.cache_dir,
+                                                         revision=f"step{step}"), str)]
+    reachable = not _offline() and (bool(uncached) or not source.pile_files) and _hub_reachable()
+    missing, absent = [], []
+    for name, step in uncached:
+        if reachable:
+            try:
+                hf_hub_download(source.repo, name, revision=f"step{step}", cache_dir=source.cache_dir)
+                continue
+            except Exception as error:  # unknown repository or revision
+                missing.append(f"{source.repo}@step{step}/{name} ({type(error).__name__})")
+        else:
+            absent.append(f"step{step}/{name}")
+    if absent:
+        why = "HF_HUB_OFFLINE is set" if _offline() else "the hub is unreachable"
+        missing.append(f"{source.repo} files not in the hub cache ({why}): {', '.join(absent)}")
     if source.pile_files:
         missing += [f"Pile file {f}" for f in source.pile_files if not Path(f).exists()]
-    elif _offline():
-        missing.append(f"the Pile ({source.pile}): streaming needs the network, and HF_HUB_OFFLINE is set; "
-                       f"pass local .jsonl.zst shards as pile_files")
+    elif not reachable:
+        missing.append(f"the Pile ({source.pile}): streaming it needs the hub; or name local .jsonl.zst shards")
     else:
         try:
             HfApi().dataset_info(source.pile, timeout=10)
         except Exception as error:
             missing.append(f"the Pile data set {source.pile} ({type(error).__name__})")
-    needs_zstd = not source.pile_files or any(f.endswith(".zst") for f in source.pile_files)
-    if needs_zstd:
+    if not source.pile_files or any(f.endswith(".zst") for f in source.pile_files):
         try:
             import zstandard  # noqa: F401
         except ImportError:
             missing.append("the zstandard package (the Pile is .jsonl.zst): pip install zstandard")
     if missing:
-        shown = missing if len(missing) <= 6 else [*missing[:5], f"… and {len(missing) - 5} more"]
         raise SourceUnavailable(f"the {source.name} source cannot be reached, with no network and no local copy; "
-                                f"missing: " + "; ".join(shown))
+                                f"missing: " + "; ".join(missing))
 
 
 def source_vocab_size(source: LanguageModelSource, config: LMConfig) -> int:
