@@ -257,3 +257,14 @@ def test_a_branch_forked_from_a_kept_state_equals_one_trained_through(tmp_path):
                                                   LocalCheckpoints(parent).load(20).parameters()))
     # after the branch the data differ from the parent's
     assert not torch.equal(next(through.load(40).parameters()), next(LocalCheckpoints(parent).load(40).parameters()))
+
+
+def test_language_model_modules_import_neither_profiles_nor_the_cache():
+    from pathlib import Path
+
+    import stagewise.lm
+    from stagewise.cache import dependency_scope
+
+    for module in sorted(Path(stagewise.lm.__file__).parent.glob("*.py")):
+        scope = dependency_scope(module.resolve())
+        assert "profiles.py" not in scope and "cache.py" not in scope, f"{module.name} reaches {scope}"

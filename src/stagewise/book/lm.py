@@ -18,9 +18,8 @@ from pathlib import Path
 import torch
 
 from stagewise.book import book_device
-from stagewise.cache import cache_dir, artifact_key, cached
-from stagewise.lm import sources
-from stagewise.lm import experiment
+from stagewise.cache import artifact_key, cache_dir, cached
+from stagewise.lm import experiment, sources
 from stagewise.lm.experiment import LanguageModelRun, TokenInfluenceConfig, branch_run
 from stagewise.lm.sources import LanguageModelSource, LocalSource, PythiaSource, SourceUnavailable
 from stagewise.lm.training import LMConfig
