@@ -53,8 +53,8 @@ def time_window_ablation(
     if starts.min() < 0 or starts.max() + duration > config.epochs:
         raise ValueError(f"windows must lie inside [0, {config.epochs}] epochs")
     n_items = len(hierarchy.items)
-    base = torch.ones(len(starts) + 1, n_items, dtype=torch.float64)
-    start_t = torch.as_tensor(starts)
+    base = torch.ones(len(starts) + 1, n_items, dtype=torch.float64, device=device)
+    start_t = torch.as_tensor(starts, device=device)
 
     def weights(epoch: int) -> torch.Tensor:
         current = base.clone()
