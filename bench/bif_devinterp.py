@@ -1,7 +1,7 @@
 """BIF trajectory of the toy model: stagewise against devinterp 2.0.1, same checkpoints and
 hyperparameters, in one run.
 
-    python bench/bif_devinterp.py [--checkpoints 101] [--devinterp-checkpoints 10]
+    python bench/bif_devinterp.py [--checkpoints 101] [--devinterp-checkpoints 10] [--device cuda]
 
 1. Agreement: at one checkpoint, the BIF matrix of both implementations, compared within Monte
    Carlo error (standard errors from the spread of independent chains).
@@ -9,6 +9,7 @@ hyperparameters, in one run.
    devinterp's ``bif()`` on the first ``--devinterp-checkpoints`` of the same checkpoints; its
    per-checkpoint time is multiplied out to the whole trajectory (devinterp samples one
    checkpoint and one chain at a time, so its cost is linear in both).
+   ``--devinterp-checkpoints 0`` times stagewise alone (no devinterp needed).
 
 devinterp is a bench-only requirement (bench/requirements.txt); the book does not need it.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -74,35 +76,42 @@ def main() -> None:
     parser.add_argument("--devinterp-checkpoints", type=int, default=10)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--device", default="cpu", help="where stagewise samples (devinterp runs on the CPU)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    skip_devinterp = args.devinterp_checkpoints == 0
 
     experiment = toy.run_toy_experiment(checkpoints=args.checkpoints)
     config = SGLDConfig(epsilon=3e-5, nbeta=3000, gamma=5000, chains=args.chains, draws=args.draws)
-    states = experiment.trajectory.state_dicts(dtype=torch.float32)
     print(f"toy model, {args.checkpoints} checkpoints × {config.chains} chains × {config.draws} draws, full batch")
     print(f"hyperparameters: {config.describe()}\n")
 
     # 1. agreement at one checkpoint, with more chains for a sharper test
-    t = int(np.argmin(np.abs(experiment.epochs - 3000)))
-    check = SGLDConfig(**{**config.__dict__, "chains": 16})
-    ours = experiment.sample_posterior(check, stride=1, progress=False).sampling[t].numpy()
-    theirs = devinterp_bif(experiment.trajectory.module(checkpoint=t, dtype=torch.float32), experiment.data, check)
-    (ours_bif, ours_se), (their_bif, their_se) = per_chain_bif(ours), per_chain_bif(theirs)
-    z = (ours_bif - their_bif) / np.sqrt(ours_se**2 + their_se**2)
-    upper = np.triu_indices(8)
-    print(f"agreement at epoch {experiment.epochs[t]} ({check.chains} chains each): "
-          f"|stagewise − devinterp| / s.e. over the 36 distinct entries: "
-          f"median {np.median(np.abs(z[upper])):.2f}, max {np.abs(z[upper]).max():.2f}; "
-          f"{np.mean(np.abs(z[upper]) < 3):.0%} within 3 s.e.")
-    print(f"  BIF(dog, ·) stagewise: {np.array2string(ours_bif[3], precision=6)}")
-    print(f"  BIF(dog, ·) devinterp: {np.array2string(their_bif[3], precision=6)}\n")
+    if not skip_devinterp:
+        t = int(np.argmin(np.abs(experiment.epochs - 3000)))
+        check = SGLDConfig(**{**config.__dict__, "chains": 16})
+        ours = experiment.sample_posterior(check, stride=1, progress=False).sampling[t].numpy()
+        theirs = devinterp_bif(experiment.trajectory.module(checkpoint=t, dtype=torch.float32), experiment.data, check)
+        (ours_bif, ours_se), (their_bif, their_se) = per_chain_bif(ours), per_chain_bif(theirs)
+        z = (ours_bif - their_bif) / np.sqrt(ours_se**2 + their_se**2)
+        upper = np.triu_indices(8)
+        print(f"agreement at epoch {experiment.epochs[t]} ({check.chains} chains each): "
+              f"|stagewise − devinterp| / s.e. over the 36 distinct entries: "
+              f"median {np.median(np.abs(z[upper])):.2f}, max {np.abs(z[upper]).max():.2f}; "
+              f"{np.mean(np.abs(z[upper]) < 3):.0%} within 3 s.e.")
+        print(f"  BIF(dog, ·) stagewise: {np.array2string(ours_bif[3], precision=6)}")
+        print(f"  BIF(dog, ·) devinterp: {np.array2string(their_bif[3], precision=6)}\n")
 
-    # 2. speed
+    # 2. speed: the public verb, draws to BIF, LLC and diagnostics
+    experiment.bif_trajectory(replace(config, draws=2), progress=False, device=args.device)  # warm-up
     start = time.perf_counter()
-    draws = experiment.sample_posterior(config, stride=1, progress=False)
-    bif_matrix(draws.sampling)
+    result = experiment.bif_trajectory(config, progress=False, device=args.device)
     ours_seconds = time.perf_counter() - start
+    print(f"stagewise: {ours_seconds:.1f} s for the whole trajectory on {args.device} "
+          f"({ours_seconds / config.draws * 1e3:.1f} ms per draw of all {args.checkpoints * config.chains} chains; "
+          f"verdicts: {result.verdicts.count('healthy')} of {len(result.verdicts)} healthy)")
+    if skip_devinterp:
+        return
     subset = args.devinterp_checkpoints
     start = time.perf_counter()
     for k in range(subset):
@@ -110,7 +119,6 @@ def main() -> None:
                                experiment.data, config)
         per_chain_bif(losses)
     devinterp_seconds = (time.perf_counter() - start) / subset * args.checkpoints
-    print(f"stagewise: {ours_seconds:.1f} s for the whole trajectory")
     print(f"devinterp: {devinterp_seconds:.0f} s for the whole trajectory "
           f"(measured on {subset} checkpoints, {devinterp_seconds / args.checkpoints:.2f} s each)")
     print(f"ratio: stagewise is {devinterp_seconds / ours_seconds:.0f}x faster")

@@ -2,13 +2,16 @@
 memory of group influence.
 
     python bench/lm_draw_cost.py [--chains 4] [--draws 20] [--observables 600] [--tokens 33000]
+                                 [--device cuda] [--pythia-14m]
 
 1. Speed: one draw of :func:`stagewise.sampling.sample_losses` on a GPT-NeoX of the default
    profile's architecture, recording the per-token losses of ``--observables`` sequences of 55
    tokens, against the raw work it has to do in the same process: for every chain, one
    gradient step on a minibatch of 64 sequences plus one forward pass over the observables,
    written as a plain PyTorch loop with no sampler around it.  Both are timed per draw, after a
-   warm-up, so set-up costs do not count.
+   warm-up, so set-up costs do not count.  Both run on ``--device``; ``--pythia-14m`` uses
+   Pythia-14m's real size (vocabulary 50 304, context 2048; 14M parameters), the paper-scale
+   per-token draw, meant for a GPU.
 2. Memory: the extra peak resident memory of :func:`group_correlation` and
    :func:`knn_class_recall` on ``(4 chains, 200 draws, --tokens)`` float32 losses (the paper's
    sizes), each in a fresh process, beside the 4.4 GB a tokens × tokens float32 matrix would take.
@@ -36,20 +39,30 @@ SEQUENCE_LENGTH = 55
 SAMPLING_BATCH = 64
 
 
-def default_model() -> GPTNeoXForCausalLM:
-    sizes = get_profile("default").lm
-    config = LMConfig(vocab_size=sizes.vocab_size, hidden=sizes.hidden, layers=sizes.layers,
-                      intermediate=sizes.intermediate, context=sizes.context)
+def default_model(pythia_14m: bool = False) -> GPTNeoXForCausalLM:
+    if pythia_14m:
+        config = LMConfig(vocab_size=50_304, hidden=128, layers=6, heads=4, intermediate=512, context=2048)
+    else:
+        sizes = get_profile("default").lm
+        config = LMConfig(vocab_size=sizes.vocab_size, hidden=sizes.hidden, layers=sizes.layers,
+                          intermediate=sizes.intermediate, context=sizes.context)
     torch.manual_seed(0)
     return GPTNeoXForCausalLM(pythia_architecture(config)).eval()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def sampler_seconds_per_draw(model, data, observables, chains: int, draws: int) -> float:
     def run(n_draws: int) -> float:
         config = SGLDConfig(epsilon=1e-5, nbeta=256, gamma=1000, chains=chains, draws=n_draws,
                             batch_size=SAMPLING_BATCH)
+        synchronize(data.device)
         start = time.perf_counter()
         sample_losses(model, token_losses, data, config, observables, record_sampling=False, progress=False)
+        synchronize(data.device)
         return time.perf_counter() - start
 
     run(2)  # warm-up
@@ -57,11 +70,11 @@ def sampler_seconds_per_draw(model, data, observables, chains: int, draws: int) 
 
 
 def raw_seconds_per_draw(model, data, observables, chains: int, draws: int) -> float:
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator(device=data.device).manual_seed(0)
 
     def one_draw() -> None:
         for _ in range(chains):
-            batch = data[torch.randperm(len(data), generator=generator)[:SAMPLING_BATCH]]
+            batch = data[torch.randperm(len(data), generator=generator, device=data.device)[:SAMPLING_BATCH]]
             model.zero_grad(set_to_none=True)
             token_losses(model, batch).mean().backward()
             with torch.no_grad():
@@ -69,9 +82,11 @@ def raw_seconds_per_draw(model, data, observables, chains: int, draws: int) -> f
 
     for _ in range(2):
         one_draw()
+    synchronize(data.device)
     start = time.perf_counter()
     for _ in range(draws):
         one_draw()
+    synchronize(data.device)
     return (time.perf_counter() - start) / draws
 
 
@@ -106,6 +121,9 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=20)
     parser.add_argument("--observables", type=int, default=600)
     parser.add_argument("--tokens", type=int, default=33_000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--pythia-14m", action="store_true", help="Pythia-14m's real size (for a GPU)")
+    parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--memory-of", choices=["group_correlation", "knn_class_recall"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -113,11 +131,12 @@ def main() -> None:
         print(json.dumps(extra_peak_memory(args.memory_of, args.tokens)))
         return
 
-    model = default_model()
+    device = torch.device(args.device)
+    model = default_model(args.pythia_14m).to(device)
     generator = torch.Generator().manual_seed(1)
     vocab = model.config.vocab_size
-    data = torch.randint(vocab, (4096, SEQUENCE_LENGTH), generator=generator)
-    observables = torch.randint(vocab, (args.observables, SEQUENCE_LENGTH), generator=generator)
+    data = torch.randint(vocab, (4096, SEQUENCE_LENGTH), generator=generator).to(device)
+    observables = torch.randint(vocab, (args.observables, SEQUENCE_LENGTH), generator=generator).to(device)
     parameters = sum(p.numel() for p in model.parameters())
     print(f"GPT-NeoX with {parameters / 1e6:.2f}M parameters; {args.chains} chains; minibatch "
           f"{SAMPLING_BATCH}×{SEQUENCE_LENGTH}; observables {args.observables}×{SEQUENCE_LENGTH} tokens")
@@ -125,7 +144,9 @@ def main() -> None:
     sampler = sampler_seconds_per_draw(model, data, observables, args.chains, args.draws)
     print(f"raw work (gradient step + observable forward, per chain): {raw:.3f} s per draw")
     print(f"stagewise sample_losses:                                 {sampler:.3f} s per draw")
-    print(f"ratio sampler / raw: {sampler / raw:.2f}")
+    print(f"ratio sampler / raw: {sampler / raw:.2f} (on {device})")
+    if args.skip_memory:
+        return
 
     dense = args.tokens**2 * 4 / 2**30
     for function in ("group_correlation", "knn_class_recall"):

@@ -17,9 +17,9 @@ def test_unit_weight_changes_nothing_and_removal_hurts_the_removed_item(data):
     epochs = np.array([0, 2000, 4000])
     assert np.all(retraining.reweighting_loss_difference(data, config, epochs, weight=1.0) == 0)
     loo = retraining.leave_one_out(data, config, epochs)
-    assert loo.shape == (8, 3, 8)
+    assert loo.shape == (3, 8, 8)  # (checkpoint, source, query)
     # without item p, p's own features are learned less: l_p(D) - l_p(D \ p) < 0
-    assert np.all(np.diagonal(loo[:, -1, :]) < 0)
+    assert np.all(np.diagonal(loo[-1]) < 0)
 
 
 def test_time_windows_train_independently_in_one_batch(data):
@@ -48,6 +48,6 @@ def test_damped_influence_of_linear_regression_matches_the_textbook_formula():
     assert result.negative_fraction[0] == 0
     # heavy damping: the curvature drops out and IF -> -g_i.g_j / (alpha rho)
     limit = result.gradient_products[0] / (1e3 * result.hessian_radius[0])
-    np.testing.assert_allclose(result.hessian[0, 1], limit, rtol=0.01)
+    np.testing.assert_allclose(result.hessian[1, 0], limit, rtol=0.01)  # (alpha, checkpoint, source, query)
     with pytest.raises(ValueError, match="alphas"):
         damped_influence(model, X, y, [{"weight": w}], alphas=np.array([0.0]), progress=False)

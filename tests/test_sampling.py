@@ -3,9 +3,11 @@ import pytest
 import torch
 from torch import nn
 
-from stagewise import local_bif
-from stagewise.influence import bif_matrix, local_learning_coefficient, trace_correlation
-from stagewise.sampling import SamplerDivergence, SGLDConfig, sample_losses
+from torch.utils.data import DataLoader, TensorDataset
+
+from stagewise import bif_trajectory, local_bif
+from stagewise.influence import bif_matrix, chain_rhat, local_learning_coefficient, trace_correlation
+from stagewise.sampling import SamplerDivergence, SGLDConfig, SGLDState, sample_losses, sgld_init, sgld_update
 
 
 class Linear(nn.Module):
@@ -109,12 +111,12 @@ def test_divergence_stops_the_run_and_names_the_hyperparameters():
 
 def test_local_bif_is_a_symmetric_covariance_with_correct_sign():
     rows = torch.randn(6, 3, dtype=torch.float64)
-    bif = local_bif(Linear(3), linear_loss, rows, nbeta=10.0, gamma=10.0, epsilon=2e-3, chains=8, draws=400, progress=False)
+    config = SGLDConfig(nbeta=10.0, gamma=10.0, epsilon=2e-3, chains=8, draws=400)
+    bif = local_bif(Linear(3), linear_loss, rows, config, progress=False)
     assert bif.shape == (6, 6)
     torch.testing.assert_close(bif, bif.T)
     assert torch.all(torch.diagonal(bif) < 0)  # BIF(i, i) = -Var(l_i)
-    corr = local_bif(Linear(3), linear_loss, rows, nbeta=10.0, gamma=10.0, epsilon=2e-3, chains=8, draws=400,
-                     normalized=True, progress=False)
+    corr = local_bif(Linear(3), linear_loss, rows, config, normalized=True, progress=False)
     torch.testing.assert_close(torch.diagonal(corr), -torch.ones(6, dtype=corr.dtype))
 
 
@@ -170,3 +172,101 @@ def test_knn_recall_finds_planted_classes():
     np.testing.assert_allclose(recall_minus_rate, 1 - 1 / 3, atol=1e-9)
     shuffled = knn_class_recall(draws, membership[rng.permutation(120)], k=10)
     assert np.abs(shuffled).max() < 0.3
+
+
+def test_kernel_update_is_the_formula():
+    config = SGLDConfig(epsilon=0.01, nbeta=7.0, gamma=3.0, decay=0.9, stability=0.2)
+    center = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
+    state = sgld_init(center)
+    assert torch.equal(state.w, center) and torch.equal(state.V, torch.zeros_like(center))
+    state = SGLDState(torch.tensor([[1.5, -1.0]], dtype=torch.float64), torch.tensor([[0.04, 1.0]], dtype=torch.float64))
+    g = torch.tensor([[0.3, -2.0]], dtype=torch.float64)
+    xi = torch.tensor([[0.7, -1.1]], dtype=torch.float64)
+    new = sgld_update(state, g, center, xi, config)
+    for i in range(2):  # written out by hand, one coordinate at a time
+        V = 0.9 * state.V[0, i].item() + 0.1 * g[0, i].item() ** 2
+        G = 1 / (V**0.5 + 0.2)
+        w = state.w[0, i].item()
+        expected = w - 0.005 * G * (7.0 * g[0, i].item() + 3.0 * (w - center[0, i].item())) + (0.01 * G) ** 0.5 * xi[0, i].item()
+        assert new.V[0, i].item() == pytest.approx(V, rel=1e-12)
+        assert new.w[0, i].item() == pytest.approx(expected, rel=1e-12)
+    assert torch.equal(state.w, torch.tensor([[1.5, -1.0]], dtype=torch.float64))  # pure: the input is untouched
+
+
+def test_streams_depend_on_the_checkpoint_index_not_on_the_company():
+    model = nn.Linear(3, 2).double()
+    x, y = torch.randn(10, 3, dtype=torch.float64), torch.randn(10, 2, dtype=torch.float64)
+    per_token = lambda m, batch: (m(batch[0]) - batch[1]) ** 2
+    checkpoints = [model.state_dict(), {k: v + 0.5 for k, v in model.state_dict().items()}]
+    config = SGLDConfig(epsilon=1e-3, nbeta=10.0, gamma=100.0, chains=3, draws=12, batch_size=4, seed=5)
+    both = sample_losses(model, per_token, (x, y), config, checkpoints=checkpoints, progress=False)
+    second = sample_losses(model, per_token, (x, y), config, checkpoints=checkpoints[1:], checkpoint_indices=[1], progress=False)
+    torch.testing.assert_close(both.sampling[1:], second.sampling)
+    # the index, not the weights, picks the stream: index 0 draws differently
+    other = sample_losses(model, per_token, (x, y), config, checkpoints=checkpoints[1:], progress=False)
+    assert not torch.allclose(other.sampling, second.sampling)
+
+
+def test_scalar_loss_is_refused():
+    rows = torch.randn(5, 2, dtype=torch.float64)
+    config = SGLDConfig(epsilon=1e-3, nbeta=5.0, gamma=50.0, chains=2, draws=5)
+    with pytest.raises(ValueError, match="one loss per sample"):
+        sample_losses(Linear(2), lambda m, r: (r @ m.w).mean(), rows, config, progress=False)
+
+
+def test_non_finite_loss_at_the_checkpoint_names_the_data_or_the_weights():
+    rows = torch.randn(5, 2, dtype=torch.float64)
+    config = SGLDConfig(epsilon=1e-3, nbeta=5.0, gamma=50.0, chains=2, draws=5)
+    bad_rows = rows.clone()
+    bad_rows[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="checkpoint 0 is not finite.*data tensor 0"):
+        sample_losses(Linear(2), linear_loss, bad_rows, config, progress=False)
+    checkpoints = [{"w": torch.zeros(2, dtype=torch.float64)}, {"w": torch.tensor([float("inf"), 0.0], dtype=torch.float64)}]
+    with pytest.raises(ValueError, match="checkpoint 1 is not finite.*weight 'w'"):
+        sample_losses(Linear(2), linear_loss, rows, config, checkpoints=checkpoints, progress=False)
+
+
+def test_datasets_and_loaders_give_what_tensors_give():
+    x, y = torch.randn(12, 3), torch.randn(12, 1)
+    loss = lambda m, batch: ((m(batch[0]) - batch[1]) ** 2).sum(-1)
+    model = nn.Linear(3, 1)
+    config = SGLDConfig(epsilon=1e-3, nbeta=16.0, gamma=100.0, chains=2, draws=20, seed=4)
+    plain = local_bif(model, loss, (x, y), config, progress=False)
+    from_dataset = local_bif(model, loss, TensorDataset(x, y), config, progress=False)
+    from_loader = local_bif(model, loss, DataLoader(TensorDataset(x, y), batch_size=5), config, progress=False)
+    torch.testing.assert_close(plain, from_dataset)
+    torch.testing.assert_close(plain, from_loader)
+
+
+def test_data_on_another_device_is_a_clear_error():
+    model = nn.Linear(3, 1, device="meta")
+    with pytest.raises(ValueError, match="model is on meta but the data is on cpu"):
+        sample_losses(model, lambda m, b: m(b).sum(-1), torch.randn(4, 3), SGLDConfig(epsilon=1e-3, nbeta=1.0, gamma=1.0), progress=False)
+
+
+def test_bif_trajectory_reports_health_per_checkpoint():
+    rows = torch.randn(16, 2, dtype=torch.float64)
+    cliff = lambda m, r: torch.where(m.w[0] > 5, float("nan"), r @ m.w)  # the loss ends at w_0 = 5
+    checkpoints = [{"w": torch.zeros(2, dtype=torch.float64)}, {"w": torch.tensor([4.99, 0.0], dtype=torch.float64)}]
+    config = SGLDConfig(epsilon=1e-3, nbeta=5.0, gamma=50.0, chains=3, draws=40)
+    result = bif_trajectory(Linear(2), cliff, rows, checkpoints, config, progress=False)
+    assert result.bif.shape == (2, 16, 16) and result.loss_trace.shape == (2, 3, 40) and result.rhat.shape == (2,)
+    assert result.verdicts == ["healthy", "diverged"] and not result.healthy
+    assert torch.isnan(result.bif[1]).all() and torch.isfinite(result.bif[0]).all()
+    assert "checkpoint 1: diverged" in result.summary()
+    with pytest.raises(SamplerDivergence, match="checkpoint 1"):
+        sample_losses(Linear(2), cliff, rows, config, checkpoints=checkpoints, progress=False)
+    model = nn.Linear(3, 1)
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    loss = lambda m, batch: ((m(batch[0]) - batch[1]) ** 2).sum(-1)
+    # weights that hardly move: the loss spread is rounding, not signal
+    still = SGLDConfig(epsilon=1e-14, nbeta=1.0, gamma=1.0, chains=2, draws=20)
+    assert bif_trajectory(model, loss, (x, y), [model.state_dict()], still, progress=False).verdicts == ["too little signal"]
+
+
+def test_rhat_separates_stuck_chains_from_mixed_ones():
+    generator = torch.Generator().manual_seed(0)
+    mixed = torch.randn(4, 500, generator=generator, dtype=torch.float64)
+    stuck = mixed + torch.arange(4, dtype=torch.float64)[:, None]
+    assert chain_rhat(mixed).item() == pytest.approx(1.0, abs=0.01)
+    assert chain_rhat(stuck).item() > 1.5

@@ -119,3 +119,41 @@ def test_branches_open_from_the_root_down(experiment):
     with pytest.raises(ValueError, match="fraction"):
         toy.separation_epoch(hidden, epochs, data, data.split("living"), 1.5)
     assert toy.mds_trajectories(hidden[::10]).shape == (len(epochs[::10]), 8, 2)
+
+
+def test_domain_modules_neither_cache_nor_read_profiles():
+    import ast
+    from pathlib import Path
+
+    import stagewise
+
+    root = Path(stagewise.__file__).parent
+    domain = [root / "sampling.py", root / "influence.py", root / "classical.py", root / "retraining.py",
+              root / "distributed.py", *sorted((root / "toy").glob("*.py"))]
+    for path in domain:
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+        assert not imported & {"stagewise.cache", "stagewise.profiles"}, path.name
+
+
+def test_training_takes_a_device_and_returns_cpu_tensors(data):
+    config = toy.TrainingConfig(epochs=50)
+    on_cpu = toy.train_linear_network(data, config, np.array([0, 50]), device="cpu")
+    default = toy.train_linear_network(data, config, np.array([0, 50]))
+    assert on_cpu.W1.device.type == "cpu"
+    torch.testing.assert_close(on_cpu.W1, default.W1)
+
+
+def test_strided_trajectory_samples_what_the_full_one_samples_there(experiment):
+    from stagewise.sampling import SGLDConfig
+
+    config = SGLDConfig(epsilon=3e-5, nbeta=3000, gamma=5000, chains=2, draws=20)
+    short = toy.run_toy_experiment(checkpoints=5)
+    full = short.bif_trajectory(config, progress=False)
+    strided = short.bif_trajectory(config, stride=2, progress=False)
+    torch.testing.assert_close(strided.bif, full.bif[::2])
+    assert full.bif.shape == (5, 8, 8) and full.verdicts == ["healthy"] * 5

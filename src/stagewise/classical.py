@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 class DampedInfluence:
     """Damped influence at ``K`` checkpoints for ``A`` damping constants.
 
-    ``hessian`` and ``gauss_newton`` have shape ``(K, A, N, N)``: entry ``[k, a, i, j]`` is the
-    influence of upweighting ``i`` on the loss of ``j`` at checkpoint ``k`` with ``alphas[a]``.
+    ``hessian`` and ``gauss_newton`` have shape ``(A, K, N, N)``: entry ``[a, k, i, j]`` is the
+    influence of upweighting ``i`` on the loss of ``j`` at checkpoint ``k`` with ``alphas[a]``,
+    so that ``hessian[a]`` is in the library's axis order ``(checkpoint, source, query)``.
     ``hessian_radius`` and ``gauss_newton_radius`` are ``ρ`` of each curvature matrix, ``(K,)``;
     ``negative_fraction`` the share of the Hessian's eigenvalues below ``−1e-8·ρ``, ``(K,)``;
     ``gradient_products`` is ``−∇ℓ_iᵀ∇ℓ_j``, ``(K, N, N)``: the limit of ``αρ·IF`` as the damping
@@ -49,8 +50,8 @@ def _damped_inverse_products(curvature: torch.Tensor, gradients: torch.Tensor, a
     influence = np.empty((len(alphas), gradients.shape[0], gradients.shape[0]))
     for a, alpha in enumerate(alphas):
         scaled = projected / (eigenvalues + alpha * radius)[:, None]
-        influence[a] = -(projected.T @ scaled).numpy()
-    return influence, radius, eigenvalues.numpy()
+        influence[a] = -(projected.T @ scaled).cpu().numpy()
+    return influence, radius, eigenvalues.cpu().numpy()
 
 
 def damped_influence(
@@ -66,6 +67,7 @@ def damped_influence(
 
     ``inputs``: ``(N, ...)``; ``targets``: ``(N, O)``; ``checkpoints``: state dicts of
     ``model``'s trainable parameters; ``alphas``: damping constants relative to ``ρ``.
+    Computes on the device of ``inputs`` (the model and checkpoints are used there).
     """
     alphas = np.asarray(alphas, dtype=float)
     if alphas.ndim != 1 or np.any(alphas <= 0):
@@ -86,20 +88,20 @@ def damped_influence(
     K, A, N = len(checkpoints), len(alphas), inputs.shape[0]
     result = DampedInfluence(
         alphas=alphas,
-        hessian=np.empty((K, A, N, N)),
-        gauss_newton=np.empty((K, A, N, N)),
+        hessian=np.empty((A, K, N, N)),
+        gauss_newton=np.empty((A, K, N, N)),
         hessian_radius=np.empty(K),
         gauss_newton_radius=np.empty(K),
         negative_fraction=np.empty(K),
         gradient_products=np.empty((K, N, N)),
     )
     for k, checkpoint in enumerate(tqdm(checkpoints, disable=not progress, desc="classical IF", leave=False)):
-        theta = torch.cat([torch.as_tensor(checkpoint[name]).reshape(-1) for name in names]).double()
+        theta = torch.cat([torch.as_tensor(checkpoint[name], device=inputs.device).reshape(-1) for name in names]).double()
         gradients = jacrev(per_sample_losses)(theta)  # (N, d)
         H = jacrev(jacrev(lambda t: per_sample_losses(t).sum()))(theta)  # faster here than jacfwd(jacrev)
         J = jacrev(outputs)(theta).reshape(-1, theta.numel())  # (N·O, d)
-        result.hessian[k], result.hessian_radius[k], eigenvalues = _damped_inverse_products(H, gradients, alphas)
-        result.gauss_newton[k], result.gauss_newton_radius[k], _ = _damped_inverse_products(J.T @ J, gradients, alphas)
+        result.hessian[:, k], result.hessian_radius[k], eigenvalues = _damped_inverse_products(H, gradients, alphas)
+        result.gauss_newton[:, k], result.gauss_newton_radius[k], _ = _damped_inverse_products(J.T @ J, gradients, alphas)
         result.negative_fraction[k] = np.mean(eigenvalues < -1e-8 * result.hessian_radius[k])
-        result.gradient_products[k] = -(gradients @ gradients.T).numpy()
+        result.gradient_products[k] = -(gradients @ gradients.T).cpu().numpy()
     return result

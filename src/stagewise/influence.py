@@ -1,4 +1,5 @@
-"""Bayesian influence from loss draws, and the public entry point :func:`local_bif`.
+"""Bayesian influence from loss draws, and the public entry points :func:`bif_trajectory` (every
+checkpoint of a training run) and :func:`local_bif` (one model).
 
 ``BIF(i, j) = −Cov(ℓ_i, ℓ_j)`` over the draws of all chains pooled (SPEC §1).  Negative BIF
 means upweighting ``i`` lowers the expected loss of ``j`` (helps); positive means it harms.
@@ -7,6 +8,8 @@ The *normalized* BIF is ``−Corr(ℓ_i, ℓ_j)``, minus the Pearson correlation
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -57,42 +60,151 @@ def local_learning_coefficient(draws: LossDraws) -> torch.Tensor:
     return draws.config.nbeta * (mean_loss - draws.initial_loss.double())
 
 
+def chain_rhat(traces: torch.Tensor) -> torch.Tensor:
+    """Gelman–Rubin ``R̂`` across chains of a scalar trace, ``(..., C, T) -> (...)``.
+
+    ``R̂ = √(((T−1)/T·W + B/T) / W)`` with ``W`` the mean within-chain variance and ``B/T`` the
+    variance of the chain means; near 1 when the chains sample one distribution.
+    """
+    x = traces.double()
+    T = x.shape[-1]
+    within = x.var(dim=-1).mean(dim=-1)
+    between = x.mean(dim=-1).var(dim=-1)
+    pooled = (T - 1) / T * within + between
+    return (pooled / within).sqrt()
+
+
+HEALTHY, DIVERGED, TOO_LITTLE_SIGNAL = "healthy", "diverged", "too little signal"
+
+
+@dataclass
+class BIFTrajectory:
+    """The BIF at every checkpoint of a trajectory, with the draws and the chains' health.
+
+    ``bif``: ``(K, n, n_obs)`` in the library's axis order ``(checkpoint, source, query)``:
+    ``−Cov(ℓ_source, ℓ_query)`` over the pooled draws, or ``−Corr`` when ``normalized``
+    (queries are the observables if given, else the sampling set itself).  ``llc``: ``(K,)``
+    local learning coefficient estimates.  ``loss_trace``: ``(K, C, T)`` the mean batch loss of
+    every chain at every draw; ``rhat``: ``(K,)`` Gelman–Rubin ``R̂`` of those traces across
+    chains; ``verdicts``: one per checkpoint, ``"healthy"``, ``"diverged"`` (a chain's loss
+    became non-finite or ran away; its draws are NaN and so is the BIF) or ``"too little
+    signal"`` (the losses hardly move: their spread over the draws is at the level of rounding,
+    so the covariances are noise).  ``draws`` holds the recorded losses themselves.
+    """
+
+    bif: torch.Tensor
+    normalized: bool
+    llc: torch.Tensor
+    loss_trace: torch.Tensor
+    rhat: torch.Tensor
+    verdicts: list[str]
+    draws: LossDraws
+
+    @property
+    def healthy(self) -> bool:
+        """Whether every checkpoint's verdict is healthy."""
+        return all(verdict == HEALTHY for verdict in self.verdicts)
+
+    def summary(self) -> str:
+        """One line per checkpoint that is not healthy (empty when all are)."""
+        indices = self.draws.checkpoint_indices or range(len(self.verdicts))
+        return "\n".join(f"checkpoint {k}: {verdict} (R-hat {rhat:.3f})"
+                         for k, verdict, rhat in zip(indices, self.verdicts, self.rhat.tolist()) if verdict != HEALTHY)
+
+
+def _verdicts(draws: LossDraws) -> list[str]:
+    losses = draws.sampling if draws.sampling is not None else draws.observables
+    result = []
+    for k in range(losses.shape[0]):
+        if draws.diverged_at is not None and bool((draws.diverged_at[k] >= 0).any()):
+            result.append(DIVERGED)
+            continue
+        pooled = _pooled(losses[k]).double()
+        spread = pooled.std(dim=0)
+        rounding = 64 * torch.finfo(losses.dtype).eps * pooled.abs().mean(dim=0) + torch.finfo(losses.dtype).tiny
+        result.append(TOO_LITTLE_SIGNAL if bool((spread <= rounding).float().mean() > 0.5) else HEALTHY)
+    return result
+
+
+def bif_trajectory(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    checkpoints: Sequence[Mapping[str, torch.Tensor]],
+    config: SGLDConfig,
+    observables: Any | None = None,
+    device: torch.device | str | None = None,
+    *,
+    normalized: bool = False,
+    checkpoint_indices: Sequence[int] | None = None,
+    vectorize: bool | None = None,
+    progress: bool = True,
+) -> BIFTrajectory:
+    """SGLD around every checkpoint, all at once, and the BIF, LLC and chain health at each.
+
+    ``model`` gives the architecture (its weights are replaced by each state dict of
+    ``checkpoints``); ``loss_fn(model, batch)`` returns one loss per sample ``(m,)`` or per
+    token ``(m, L)``; ``data`` (the sampling set) and ``observables`` are tensors, containers
+    of tensors, a ``Dataset`` or a ``DataLoader``.  Sampling runs on ``device`` (default: the
+    model's); under ``torchrun`` the ``checkpoints × chains`` work is split over the ranks, with
+    the same result as one process (see :func:`stagewise.sampling.sample_losses`).  A chain
+    that diverges does not stop the run: its checkpoint's verdict says so and its BIF is NaN.
+    Returns a :class:`BIFTrajectory` on the CPU; ``bif`` is ``(K, n, n_obs)``.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from stagewise.sampling import SGLDConfig
+    >>> model = nn.Linear(3, 1)
+    >>> x, y = torch.randn(16, 3), torch.randn(16, 1)
+    >>> loss = lambda m, batch: ((m(batch[0]) - batch[1]) ** 2).sum(-1)
+    >>> checkpoints = [model.state_dict(), {k: v + 0.1 for k, v in model.state_dict().items()}]
+    >>> config = SGLDConfig(epsilon=1e-3, nbeta=16, gamma=100, chains=2, draws=50)
+    >>> result = bif_trajectory(model, loss, (x, y), checkpoints, config, progress=False)
+    >>> tuple(result.bif.shape), result.verdicts
+    ((2, 16, 16), ['healthy', 'healthy'])
+    """
+    draws = sample_losses(model, loss_fn, data, config, observables, checkpoints=checkpoints,
+                          checkpoint_indices=checkpoint_indices, progress=progress, vectorize=vectorize,
+                          device=device, on_divergence="record")
+    bif = bif_matrix(draws.sampling, draws.observables, normalized=normalized)
+    return BIFTrajectory(bif=bif, normalized=normalized, llc=local_learning_coefficient(draws), loss_trace=draws.loss_trace,
+                         rhat=chain_rhat(draws.loss_trace), verdicts=_verdicts(draws), draws=draws)
+
+
 def local_bif(
     model: nn.Module,
     loss_fn: LossFn,
     data: Any,
+    config: SGLDConfig,
     observables: Any | None = None,
     *,
-    nbeta: float,
-    gamma: float,
-    epsilon: float,
-    chains: int,
-    draws: int,
-    batch_size: int | None = None,
-    seed: int = 0,
     normalized: bool = False,
+    device: torch.device | str | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
     """The local BIF of every sample of ``data`` on every observable, at the model's weights.
 
     ``loss_fn(model, batch)`` returns one loss per sample (or per token) of ``batch``; ``data``
-    and ``observables`` are tensors or tuples/lists/dicts of tensors indexed along dimension 0
-    (``observables`` defaults to ``data``).  Samples the local posterior with RMSprop-SGLD
-    (:mod:`stagewise.sampling`) and returns a ``(len(data), len(observables))`` tensor of
-    ``−Cov`` (or ``−Corr`` with ``normalized``); per-token losses count as separate entries.
+    and ``observables`` are tensors, tuples/lists/dicts of tensors indexed along dimension 0, a
+    ``Dataset`` or a ``DataLoader`` (``observables`` defaults to ``data``).  Samples the local
+    posterior with RMSprop-SGLD under ``config`` (:class:`~stagewise.sampling.SGLDConfig`:
+    step, temperature, localization, chains, draws, burn-in, minibatch, RMSprop constants,
+    seed) on ``device`` (default: the model's) and returns a ``(len(data), len(observables))``
+    tensor, on the CPU, of ``−Cov`` (or ``−Corr`` with ``normalized``); per-token losses count
+    as separate entries.  Raises :class:`~stagewise.sampling.SamplerDivergence` if a chain
+    diverges.
 
     >>> import torch
     >>> from torch import nn
+    >>> from stagewise.sampling import SGLDConfig
     >>> model = nn.Linear(3, 1)
     >>> x, y = torch.randn(16, 3), torch.randn(16, 1)
     >>> loss = lambda m, batch: ((m(batch[0]) - batch[1]) ** 2).sum(-1)
-    >>> local_bif(model, loss, (x, y), nbeta=16, gamma=100, epsilon=1e-3, chains=2, draws=50, progress=False).shape
+    >>> local_bif(model, loss, (x, y), SGLDConfig(epsilon=1e-3, nbeta=16, gamma=100, chains=2, draws=50), progress=False).shape
     torch.Size([16, 16])
     """
-    config = SGLDConfig(epsilon=epsilon, nbeta=nbeta, gamma=gamma, chains=chains, draws=draws, batch_size=batch_size, seed=seed)
-    recorded = sample_losses(model, loss_fn, data, config, observables, progress=progress)
-    other = recorded.observables if observables is not None else None
-    return bif_matrix(recorded.sampling, other, normalized=normalized)[0].to(torch.get_default_dtype())
+    recorded = sample_losses(model, loss_fn, data, config, observables, progress=progress, device=device)
+    return bif_matrix(recorded.sampling, recorded.observables, normalized=normalized)[0].to(torch.get_default_dtype())
 
 
 def trace_correlation(traces: np.ndarray, reference: np.ndarray) -> np.ndarray:

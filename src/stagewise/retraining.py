@@ -17,26 +17,32 @@ from stagewise.toy.network import TrainingConfig, train_linear_network
 
 
 def reweighting_loss_difference(
-    hierarchy: Hierarchy, config: TrainingConfig, record_epochs: np.ndarray, weight: float
+    hierarchy: Hierarchy, config: TrainingConfig, record_epochs: np.ndarray, weight: float,
+    device: torch.device | str | None = None,
 ) -> np.ndarray:
-    """``ℓ_j(D) − ℓ_j(D with sample p weighted by `weight`)`` for every ``p``: ``(P, T, N)``.
+    """``ℓ_j(D) − ℓ_j(D with sample p weighted by `weight`)`` for every ``p`` at every recorded
+    epoch, in the library's axis order ``(checkpoint, source, query)``: ``(T, P, N)``.
 
     Weight 0 is leave-one-out (the paper zeroes row ``p`` of X and Y, which is the same).
+    Training runs on ``device`` (default the CPU).
     """
     n_items = len(hierarchy.items)
     weights = torch.ones(n_items + 1, n_items, dtype=torch.float64)
     weights[1:] -= (1.0 - weight) * torch.eye(n_items, dtype=torch.float64)
-    losses = train_linear_network(hierarchy, config, record_epochs, weights, record_weights=False).losses.numpy()
-    return losses[0][None] - losses[1:]
+    losses = train_linear_network(hierarchy, config, record_epochs, weights, record_weights=False, device=device).losses.numpy()
+    return (losses[0][None] - losses[1:]).transpose(1, 0, 2)
 
 
-def leave_one_out(hierarchy: Hierarchy, config: TrainingConfig, record_epochs: np.ndarray) -> np.ndarray:
-    """``Δℓ_{j,t} = ℓ_{j,t}(D) − ℓ_{j,t}(D∖p)`` for every removed ``p``: ``(P, T, N)``."""
-    return reweighting_loss_difference(hierarchy, config, record_epochs, weight=0.0)
+def leave_one_out(hierarchy: Hierarchy, config: TrainingConfig, record_epochs: np.ndarray,
+                  device: torch.device | str | None = None) -> np.ndarray:
+    """``Δℓ_{j,t} = ℓ_{j,t}(D) − ℓ_{j,t}(D∖p)`` for every removed ``p``, ``(T, P, N)``: axis order
+    ``(checkpoint, source, query)``."""
+    return reweighting_loss_difference(hierarchy, config, record_epochs, weight=0.0, device=device)
 
 
 def time_window_ablation(
-    hierarchy: Hierarchy, config: TrainingConfig, removed: int, starts: np.ndarray, duration: int = 100
+    hierarchy: Hierarchy, config: TrainingConfig, removed: int, starts: np.ndarray, duration: int = 100,
+    device: torch.device | str | None = None,
 ) -> np.ndarray:
     """Remove sample ``removed`` for ``duration`` epochs from each start epoch (Fig. 11).
 
@@ -47,8 +53,8 @@ def time_window_ablation(
     if starts.min() < 0 or starts.max() + duration > config.epochs:
         raise ValueError(f"windows must lie inside [0, {config.epochs}] epochs")
     n_items = len(hierarchy.items)
-    base = torch.ones(len(starts) + 1, n_items, dtype=torch.float64)
-    start_t = torch.as_tensor(starts)
+    base = torch.ones(len(starts) + 1, n_items, dtype=torch.float64, device=device)
+    start_t = torch.as_tensor(starts, device=device)
 
     def weights(epoch: int) -> torch.Tensor:
         current = base.clone()
@@ -56,7 +62,7 @@ def time_window_ablation(
         current[1:, removed] = torch.where(inside, 0.0, 1.0).to(torch.float64)
         return current
 
-    trajectory = train_linear_network(hierarchy, config, np.arange(config.epochs + 1), weights, record_weights=False)
+    trajectory = train_linear_network(hierarchy, config, np.arange(config.epochs + 1), weights, record_weights=False, device=device)
     losses = trajectory.losses.numpy()  # (R, epochs + 1, N)
     result = np.empty((len(starts), n_items))
     for k, start in enumerate(starts):

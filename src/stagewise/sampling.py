@@ -1,4 +1,4 @@
-"""RMSprop-preconditioned SGLD around a checkpoint, for any torch model.
+"""RMSprop-preconditioned SGLD around checkpoints, for any torch model, on any device.
 
 The sampler draws from the local posterior (SPEC §1–2)
 
@@ -10,26 +10,40 @@ gradient of the *mean* per-sample loss on a batch of ``m``,
     V ← b·V + (1 − b)·g²,   G = 1/(√V + α),
     w ← w − (ε/2)·G ⊙ (nβ·g + γ(w − w*)) + √(ε·G) ⊙ ξ,   ξ ~ N(0, I).
 
-At every draw (before the update, as in the paper's Algorithm 1) it records the per-sample
-losses of the sampling set and of any *observable* sets, which never enter the gradient.
+The update is a pure kernel, :func:`sgld_init` and :func:`sgld_update` (state in, state out, as
+in optax or blackjax); :func:`sample_losses` is the driver around it, which batches parameter
+sets, draws minibatches and noise, records losses and checks the chains' health.
 
-Chains are a batch dimension, and so are checkpoints: all ``checkpoints × chains`` parameter
-sets advance together through ``torch.func.functional_call`` and ``vmap`` (for small models;
-a transformer's sets are evaluated one after the other, which is faster there).
+At every draw (before the update, as in the paper's Algorithm 1) the driver records the
+per-sample losses of the sampling set and of any *observable* sets, which never enter the
+gradient.  Chains are a batch dimension, and so are checkpoints: all ``checkpoints × chains``
+parameter sets advance together through ``torch.func.functional_call`` and ``vmap`` (for small
+models; a transformer's sets are evaluated one after the other, which is faster there).
+
+Every tensor lives on the model's device (or ``device=``).  Each chain has its own random
+stream, a generator on that device seeded from ``(seed, checkpoint, chain)``
+(:func:`chain_seed`), so the draws do not depend on which other checkpoints are sampled in the
+same call, nor on how a ``torchrun`` job splits the work between its ranks
+(:mod:`stagewise.distributed`).
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
+
+from stagewise.distributed import all_gather, rank_and_size, share
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 """``loss_fn(model, batch)`` returns one loss per sample (``(m,)``) or per token (``(m, L)``)."""
@@ -102,31 +116,113 @@ class SGLDConfig:
 
 @dataclass
 class LossDraws:
-    """Per-sample losses recorded along the chains.
+    """Per-sample losses recorded along the chains, on the CPU.
 
     ``sampling``: ``(K, C, T, n)`` losses of the sampling set (``n`` flattened per-sample or
     per-token losses); ``observables``: ``(K, C, T, n_obs)`` or ``None``; ``initial_loss``:
     ``(K,)`` mean sampling loss at each checkpoint.  ``K`` is the number of checkpoints.
+    ``loss_trace``: ``(K, C, T)`` the mean loss of the gradient's batch at every draw;
+    ``diverged_at``: ``(K, C)`` the step at which a chain diverged, ``-1`` for a healthy one
+    (draws after it are NaN); ``checkpoint_indices``: the global index of each checkpoint, from
+    which the chains' random streams derive.
     """
 
     sampling: torch.Tensor | None
     observables: torch.Tensor | None
     initial_loss: torch.Tensor
     config: SGLDConfig
+    loss_trace: torch.Tensor | None = None
+    diverged_at: torch.Tensor | None = None
+    checkpoint_indices: tuple[int, ...] | None = None
+
+
+class SGLDState(NamedTuple):
+    """State of the kernel for ``S`` parameter sets flattened to rows: ``w`` and the RMSprop
+    average ``V`` of squared gradients, both ``(S, d)``."""
+
+    w: torch.Tensor
+    V: torch.Tensor
+
+
+def sgld_init(center: torch.Tensor) -> SGLDState:
+    """The kernel's state at the checkpoint ``center`` (``(S, d)``): ``w = w*``, ``V = 0``."""
+    return SGLDState(center.clone(), torch.zeros_like(center))
+
+
+def sgld_update(state: SGLDState, gradient: torch.Tensor, center: torch.Tensor, noise: torch.Tensor, config: SGLDConfig) -> SGLDState:
+    """One RMSprop-SGLD step (SPEC §2), a pure function of its arguments.
+
+    ``gradient``: ``∇L_m(w)`` of the mean batch loss, ``(S, d)``; ``center``: ``w*``;
+    ``noise``: standard normal ``ξ`` of the same shape.  Returns the new state::
+
+        V' = b·V + (1 − b)·g²,  G = 1/(√V' + α),
+        w' = w − (ε/2)·G ⊙ (nβ·g + γ(w − w*)) + √(ε·G) ⊙ ξ
+    """
+    V = state.V * config.decay + (1 - config.decay) * gradient * gradient
+    G = 1.0 / (V.sqrt() + config.stability)
+    drift = config.nbeta * gradient + config.gamma * (state.w - center)
+    w = state.w - 0.5 * config.epsilon * G * drift + (config.epsilon * G).sqrt() * noise
+    return SGLDState(w, V)
+
+
+def chain_seed(seed: int, checkpoint: int, chain: int) -> int:
+    """The seed of one chain's random stream, a hash of ``(seed, checkpoint, chain)``: never
+    of the rank, the device or the other chains in the call."""
+    digest = hashlib.blake2b(f"stagewise-sgld/{seed}/{checkpoint}/{chain}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def as_tensors(data: Any) -> Any:
+    """``data`` as a tensor or a tuple/list/dict of tensors sharing dimension 0.
+
+    A torch ``Dataset`` is collated item by item (``default_collate``) and a ``DataLoader``'s
+    batches are concatenated in the order it yields them (so a shuffling loader reorders the
+    samples); tensors and containers of tensors pass through unchanged.
+    """
+    if isinstance(data, DataLoader):
+        batches = list(data)
+        if not batches:
+            raise ValueError("the DataLoader yields no batches")
+        return tree_map(lambda *leaves: torch.cat(leaves), *batches)
+    if isinstance(data, Dataset) and not isinstance(data, torch.Tensor):
+        if len(data) == 0:
+            raise ValueError("the Dataset is empty")
+        return default_collate([data[i] for i in range(len(data))])
+    return data
 
 
 def _batch_size(data: Any) -> int:
     leaves, _ = tree_flatten(data)
     if not leaves or not all(isinstance(leaf, torch.Tensor) for leaf in leaves):
-        raise TypeError("data must be a tensor or a tuple/list/dict of tensors sharing dimension 0")
+        raise TypeError("data must be a tensor, a tuple/list/dict of tensors sharing dimension 0, a Dataset or a DataLoader")
     sizes = {leaf.shape[0] for leaf in leaves}
     if len(sizes) != 1:
         raise ValueError(f"all tensors in data must share dimension 0, got sizes {sorted(sizes)}")
     return sizes.pop()
 
 
+def _on_device(data: Any, device: torch.device, move: bool, what: str) -> Any:
+    """``data`` on ``device``: moved there when ``move``, else a clear error if it is elsewhere."""
+    if data is None:
+        return None
+    if move:
+        return tree_map(lambda leaf: leaf.to(device), data)
+    elsewhere = {str(leaf.device) for leaf in tree_flatten(data)[0] if leaf.device != device}
+    if elsewhere:
+        raise ValueError(f"the model is on {device} but {what} is on {', '.join(sorted(elsewhere))}; "
+                         f"move them to one device, or pass device= to sample there")
+    return data
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 class _Objective(nn.Module):
-    """Wraps ``loss_fn(model, batch)`` so that ``functional_call`` can swap the model's weights."""
+    """Wraps ``loss_fn(model, batch)`` so that ``functional_call`` can swap the model's weights,
+    and checks that it returns one loss per sample (or per token)."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
         super().__init__()
@@ -134,11 +230,19 @@ class _Objective(nn.Module):
         self.loss_fn = loss_fn
 
     def forward(self, batch: Any) -> torch.Tensor:
-        return self.loss_fn(self.model, batch).reshape(-1)
+        losses = self.loss_fn(self.model, batch)
+        size = tree_flatten(batch)[0][0].shape[0]
+        if not isinstance(losses, torch.Tensor) or losses.ndim == 0 or losses.shape[0] != size:
+            shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+            raise ValueError(f"loss_fn must return one loss per sample, shape ({size},), or per token, ({size}, L), "
+                             f"for a batch of {size}; it returned {shape}. A mean loss gives no influence between samples.")
+        return losses.reshape(-1)
 
 
-def stack_checkpoints(model: nn.Module, checkpoints: Sequence[Mapping[str, torch.Tensor]] | None) -> dict[str, torch.Tensor]:
-    """Trainable parameters of ``model`` at each checkpoint, stacked: ``{name: (K, *shape)}``.
+def stack_checkpoints(model: nn.Module, checkpoints: Sequence[Mapping[str, torch.Tensor]] | None,
+                      device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """Trainable parameters of ``model`` at each checkpoint, stacked: ``{name: (K, *shape)}``,
+    on ``device`` (default: where each tensor already is).
 
     ``checkpoints`` are state dicts (or any mappings from parameter names to tensors); ``None``
     means the model's current parameters (``K = 1``).
@@ -147,7 +251,7 @@ def stack_checkpoints(model: nn.Module, checkpoints: Sequence[Mapping[str, torch
     if not names:
         raise ValueError("the model has no trainable parameters")
     if checkpoints is None:
-        return {name: p.detach().unsqueeze(0).clone() for name, p in model.named_parameters() if p.requires_grad}
+        return {name: p.detach().unsqueeze(0).clone().to(device or p.device) for name, p in model.named_parameters() if p.requires_grad}
     if len(checkpoints) == 0:
         raise ValueError("checkpoints is empty")
     stacked = {}
@@ -155,8 +259,24 @@ def stack_checkpoints(model: nn.Module, checkpoints: Sequence[Mapping[str, torch
         missing = [k for k, ckpt in enumerate(checkpoints) if name not in ckpt]
         if missing:
             raise KeyError(f"parameter {name!r} is missing from checkpoints {missing[:5]}")
-        stacked[name] = torch.stack([torch.as_tensor(ckpt[name]) for ckpt in checkpoints]).detach()
+        stacked[name] = torch.stack([torch.as_tensor(ckpt[name], device=device) for ckpt in checkpoints]).detach()
     return stacked
+
+
+def _check_checkpoints(initial: torch.Tensor, centers: dict[str, torch.Tensor], data: Any, indices: Sequence[int]) -> None:
+    """A clear error when the loss is not finite at a checkpoint, saying whether the data or
+    the weights are to blame (SGLD could not start there)."""
+    bad = ~torch.isfinite(initial)
+    if not bool(bad.any()):
+        return
+    k, sample = (int(i) for i in bad.nonzero()[0])
+    blame = [f"data tensor {i} holds non-finite values" for i, leaf in enumerate(tree_flatten(data)[0])
+             if leaf.is_floating_point() and not bool(torch.isfinite(leaf).all())]
+    blame += [f"weight {name!r} is not finite there" for name, value in centers.items()
+              if value.is_floating_point() and not bool(torch.isfinite(value[k]).all())]
+    raise ValueError(f"the loss at checkpoint {indices[k]} is not finite before sampling (loss entry {sample}: "
+                     f"{initial[k, sample].item()}); " + ("; ".join(blame) or "the model or loss_fn produces it")
+                     + ". SGLD needs a finite loss at the checkpoint.")
 
 
 def sample_losses(
@@ -167,35 +287,63 @@ def sample_losses(
     observables: Any | None = None,
     *,
     checkpoints: Sequence[Mapping[str, torch.Tensor]] | None = None,
+    checkpoint_indices: Sequence[int] | None = None,
     record_sampling: bool = True,
     progress: bool = True,
     vectorize: bool | None = None,
+    device: torch.device | str | None = None,
+    distributed: bool | None = None,
+    on_divergence: Literal["raise", "record"] = "raise",
 ) -> LossDraws:
     """Run ``config.chains`` RMSprop-SGLD chains from each checkpoint and record losses.
 
-    ``data`` is the sampling set: a tensor, or a tuple/list/dict of tensors indexed along
-    dimension 0, passed (or a batch of it) to ``loss_fn(model, batch)``.  ``observables`` is
-    another such set whose losses are recorded but never enter the gradient.  ``checkpoints``
-    is a list of state dicts to sample around, all at once; by default the model's weights.
+    ``data`` is the sampling set: a tensor, a tuple/list/dict of tensors indexed along
+    dimension 0, a ``Dataset`` or a ``DataLoader`` (see :func:`as_tensors`); it (or a batch of
+    it) is passed to ``loss_fn(model, batch)``, which must return one loss per sample or per
+    token.  ``observables`` is another such set whose losses are recorded but never enter the
+    gradient.  ``checkpoints`` is a list of state dicts to sample around, all at once; by
+    default the model's weights.  ``checkpoint_indices`` are their global indices (default
+    ``0 … K−1``): chain ``c`` of checkpoint ``checkpoint_indices[k]`` draws from the stream
+    :func:`chain_seed` ``(config.seed, checkpoint_indices[k], c)``, so sampling checkpoints
+    together or apart gives the same draws.
 
-    Raises :class:`SamplerDivergence` (naming the hyperparameters) when a chain's loss becomes
-    non-finite or runs away from the checkpoint's.
+    ``device``: where to sample (default: the model's device).  The model is copied there if it
+    lives elsewhere, and data and checkpoints are moved there; without ``device`` the data must
+    already be on the model's device.  The result is returned on the CPU.
 
-    ``vectorize`` chooses how the checkpoint × chain parameter sets are evaluated: as one
-    ``vmap`` batch (``True``; much faster for small models, whose many sets would otherwise cost
-    a Python loop each) or one after the other (``False``; faster for a transformer, whose
-    batched attention under ``vmap`` costs 1.5–2.7× the loop, see ``bench/README.md``).  The
-    default picks ``vmap`` below :data:`VMAP_MAX_PARAMETERS` parameters per set.
+    ``distributed``: inside an initialised ``torch.distributed`` job (``torchrun``), the
+    ``K × C`` parameter sets are split into one contiguous share per rank and the draws
+    gathered on every rank (default: whenever the world has more than one process).  A failure
+    on any rank is raised on every rank, naming the rank and its checkpoints.
+
+    ``on_divergence``: ``"raise"`` stops with :class:`SamplerDivergence` (naming the
+    hyperparameters) when a chain's loss becomes non-finite or runs away from the
+    checkpoint's; ``"record"`` freezes that chain, fills its later draws with NaN and records
+    the step in ``diverged_at``.
+
+    ``vectorize`` chooses how the parameter sets are evaluated: as one ``vmap`` batch
+    (``True``; much faster for small models) or one after the other (``False``; faster for a
+    transformer, see ``bench/README.md``).  The default picks ``vmap`` below
+    :data:`VMAP_MAX_PARAMETERS` parameters per set.
     """
+    if on_divergence not in ("raise", "record"):
+        raise ValueError(f"on_divergence must be 'raise' or 'record', got {on_divergence!r}")
+    explicit = device is not None
+    device = torch.device(device) if explicit else _model_device(model)
+    if explicit and any(t.device != device for t in (*model.parameters(), *model.buffers())):
+        model = copy.deepcopy(model).to(device)
+    data = _on_device(as_tensors(data), device, explicit, "the data")
+    observables = _on_device(as_tensors(observables), device, explicit, "the observables")
     n = _batch_size(data)
     if observables is not None:
         _batch_size(observables)
     m = n if config.batch_size is None else min(config.batch_size, n)
     full_batch = m == n
-    centers = stack_checkpoints(model, checkpoints)
+    centers = stack_checkpoints(model, checkpoints, device)
     K, C = next(iter(centers.values())).shape[0], config.chains
-    B = K * C
-    names = list(centers)
+    indices = tuple(range(K)) if checkpoint_indices is None else tuple(int(i) for i in checkpoint_indices)
+    if len(indices) != K:
+        raise ValueError(f"checkpoint_indices has {len(indices)} entries for {K} checkpoints")
     objective = _Objective(model, loss_fn)
     dimension = sum(p[0].numel() for p in centers.values())
 
@@ -215,65 +363,125 @@ def sample_losses(
         gradient = _one_by_one(grad_and_value(mean_loss, has_aux=True), batched_data=not full_batch)
         evaluate = _one_by_one(losses, batched_data=False)
 
-    # All parameters of one chain live in one flat row: w, V and w* are (B, d), checkpoint-major,
-    # so each step draws its noise and updates the preconditioner in a handful of tensor ops.
+    with torch.no_grad():
+        per_sample_initial = evaluate(centers, data)  # (K, n)
+    _check_checkpoints(per_sample_initial, centers, data, indices)
+    initial = per_sample_initial.mean(dim=1)
+
+    rank, size = rank_and_size() if distributed is not False else (0, 1)
+    mine = share(K * C, rank, size)
+    sets = [divmod(s, C) for s in mine]  # (local checkpoint, chain) of each set of this rank
+    try:
+        outcome = _run_chains(
+            gradient, evaluate, centers, sets, indices, initial, data, observables, config, dimension,
+            full_batch=full_batch, m=m, n=n, record_sampling=record_sampling, on_divergence=on_divergence,
+            progress=progress and rank == 0, device=device,
+        )
+    except Exception as error:  # gathered below, so that no rank waits forever for a failed one
+        if size == 1:
+            raise
+        outcome = {"error": (type(error).__name__, str(error), isinstance(error, SamplerDivergence))}
+    if size > 1:
+        outcomes = all_gather(outcome)
+        for r, result in enumerate(outcomes):
+            if "error" in result:
+                name, message, divergence = result["error"]
+                where = sorted({indices[s // C] for s in share(K * C, r, size)})
+                raise (SamplerDivergence if divergence else RuntimeError)(
+                    f"rank {r} of {size} (checkpoints {where}) failed: {name}: {message}")
+        parts = [result for result in outcomes if result["sets"] > 0]
+    else:
+        parts = [outcome]
+
+    def joined(key: str) -> torch.Tensor | None:
+        pieces = [part[key] for part in parts]
+        return None if pieces[0] is None else torch.cat(pieces).reshape(K, C, *pieces[0].shape[1:])
+
+    return LossDraws(sampling=joined("sampling"), observables=joined("observables"), initial_loss=initial.cpu(),
+                     config=config, loss_trace=joined("trace"), diverged_at=joined("diverged_at"),
+                     checkpoint_indices=indices)
+
+
+def _run_chains(
+    gradient: Callable, evaluate: Callable, centers: dict[str, torch.Tensor], sets: list[tuple[int, int]],
+    indices: Sequence[int], initial: torch.Tensor, data: Any, observables: Any, config: SGLDConfig, dimension: int,
+    *, full_batch: bool, m: int, n: int, record_sampling: bool, on_divergence: str, progress: bool, device: torch.device,
+) -> dict[str, Any]:
+    """The driver for the parameter sets ``sets`` (pairs of local checkpoint and chain): draws
+    minibatches and noise from each chain's stream, applies :func:`sgld_update`, records the
+    losses and checks health.  Returns CPU tensors with one row per set."""
+    S, T = len(sets), config.draws
+    if S == 0:
+        return {"sets": 0}
+    names = list(centers)
     shapes = {k: v.shape[1:] for k, v in centers.items()}
-    center = torch.cat([centers[k].reshape(K, -1) for k in names], dim=1).repeat_interleave(C, dim=0)
+    checkpoint_of = torch.tensor([k for k, _ in sets], device=device)
+    # All parameters of one chain live in one flat row: w, V and w* are (S, d), so each step
+    # updates every chain in a handful of tensor ops.
+    center = torch.cat([centers[k].reshape(centers[k].shape[0], -1) for k in names], dim=1)[checkpoint_of]
     dtype = center.dtype
+    generators = [torch.Generator(device=device).manual_seed(chain_seed(config.seed, indices[k], c)) for k, c in sets]
 
     def unflatten(flat: torch.Tensor) -> dict[str, torch.Tensor]:
         pieces = flat.split([math.prod(shapes[k]) for k in names], dim=1)
         return {k: piece.reshape(flat.shape[0], *shapes[k]) for k, piece in zip(names, pieces)}
 
-    w = center.clone()
-    V = torch.zeros_like(w)
-    generator = torch.Generator().manual_seed(config.seed)
-
-    with torch.no_grad():
-        initial = evaluate(centers, data).mean(dim=1)  # (K,)
-    threshold = initial.repeat_interleave(C) + config.divergence_factor * (
-        initial.abs().repeat_interleave(C) + dimension / (2 * config.nbeta)
-    )
-
-    steps = config.burn_in + config.draws
+    start = initial[checkpoint_of]
+    threshold = start + config.divergence_factor * (start.abs() + dimension / (2 * config.nbeta))
+    state = sgld_init(center)
+    noise = torch.empty(S, dimension, dtype=torch.float32, device=device)
+    diverged_at = torch.full((S,), -1, dtype=torch.long, device=device)
+    trace = torch.empty(S, T, dtype=dtype, device=device)
     sampled = observed = None
-    bar = tqdm(range(steps), disable=not progress, desc=f"SGLD ({K} checkpoints × {C} chains)", leave=False)
+    steps = config.burn_in + T
+    bar = tqdm(range(steps), disable=not progress, desc=f"SGLD ({S} checkpoint × chain sets)", leave=False)
     for step in bar:
         if full_batch:
             batch = data
         else:
-            order = torch.rand(B, n, generator=generator).argsort(dim=1)[:, :m]
+            order = torch.stack([torch.randperm(n, generator=g, device=device)[:m] for g in generators])
             batch = tree_map(lambda leaf: leaf[order], data)
-        params = unflatten(w)
+        params = unflatten(state.w)
         grads, (batch_loss, per_sample) = gradient(params, batch)
-        _check_health(batch_loss, threshold, step, C, config)
+        bad = (~torch.isfinite(batch_loss) | (batch_loss > threshold)) & (diverged_at < 0)
+        if bool(bad.any()):
+            if on_divergence == "raise":
+                b = int(bad.nonzero()[0, 0])
+                k, chain = sets[b]
+                raise SamplerDivergence(
+                    f"SGLD diverged at step {step} (chain {chain}, checkpoint {indices[k]}): batch loss "
+                    f"{batch_loss[b].item():.4g}, allowed at most {threshold[b].item():.4g}. "
+                    f"Hyperparameters: {config.describe()}. Try a smaller epsilon, a larger gamma or a smaller nbeta.")
+            diverged_at[bad] = step
+        dead = diverged_at >= 0
         draw = step - config.burn_in
         with torch.no_grad():
             if draw >= 0:
+                trace[:, draw] = batch_loss.detach().masked_fill(dead, float("nan"))
                 if record_sampling:
                     current = per_sample if full_batch else evaluate(params, data)
                     if sampled is None:
-                        sampled = torch.empty(B, config.draws, current.shape[-1], dtype=current.dtype)
-                    sampled[:, draw] = current
+                        sampled = torch.empty(S, T, current.shape[-1], dtype=current.dtype, device=device)
+                    sampled[:, draw] = current.masked_fill(dead[:, None], float("nan"))
                 if observables is not None:
                     current = evaluate(params, observables)
                     if observed is None:
-                        observed = torch.empty(B, config.draws, current.shape[-1], dtype=current.dtype)
-                    observed[:, draw] = current
-            g = torch.cat([grads[k].reshape(B, -1) for k in names], dim=1)
-            V.mul_(config.decay).addcmul_(g, g, value=1 - config.decay)
-            G = 1.0 / (V.sqrt() + config.stability)
-            drift = config.nbeta * g + config.gamma * (w - center)
+                        observed = torch.empty(S, T, current.shape[-1], dtype=current.dtype, device=device)
+                    observed[:, draw] = current.masked_fill(dead[:, None], float("nan"))
+            g = torch.cat([grads[k].reshape(S, -1) for k in names], dim=1)
             # float32 normals are several times cheaper to draw, and their precision is ample
-            noise = torch.randn(w.shape, generator=generator, dtype=torch.float32).to(dtype)
-            w = w - 0.5 * config.epsilon * G * drift + (config.epsilon * G).sqrt() * noise
+            for row, generator in zip(noise, generators):
+                row.normal_(generator=generator)
+            state = sgld_update(state, g, center, noise.to(dtype), config)
+            if bool(dead.any()):  # a diverged chain rests at its checkpoint, out of harm's way
+                state = SGLDState(torch.where(dead[:, None], center, state.w), torch.where(dead[:, None], 0.0, state.V))
         if progress and step % 50 == 0:
-            bar.set_postfix(loss=f"{batch_loss.mean().item():.4g}")
+            bar.set_postfix(loss=f"{batch_loss.nanmean().item():.4g}")
 
-    def shaped(x: torch.Tensor | None) -> torch.Tensor | None:
-        return None if x is None else x.reshape(K, C, config.draws, -1)
+    def cpu(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x.cpu()
 
-    return LossDraws(sampling=shaped(sampled), observables=shaped(observed), initial_loss=initial, config=config)
+    return {"sets": S, "sampling": cpu(sampled), "observables": cpu(observed), "trace": trace.cpu(), "diverged_at": diverged_at.cpu()}
 
 
 def _one_by_one(function: Callable, batched_data: bool) -> Callable:
@@ -287,15 +495,3 @@ def _one_by_one(function: Callable, batched_data: bool) -> Callable:
         return tree_map(lambda *leaves: torch.stack(leaves), *results)
 
     return apply
-
-
-def _check_health(batch_loss: torch.Tensor, threshold: torch.Tensor, step: int, chains: int, config: SGLDConfig) -> None:
-    bad = ~torch.isfinite(batch_loss) | (batch_loss > threshold)
-    if bool(bad.any()):
-        b = int(bad.nonzero()[0, 0])
-        checkpoint, chain = divmod(b, chains)
-        raise SamplerDivergence(
-            f"SGLD diverged at step {step} (chain {chain}, checkpoint {checkpoint}): batch loss "
-            f"{batch_loss[b].item():.4g}, allowed at most {threshold[b].item():.4g}. "
-            f"Hyperparameters: {config.describe()}. Try a smaller epsilon, a larger gamma or a smaller nbeta."
-        )

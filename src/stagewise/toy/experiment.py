@@ -10,8 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from stagewise.cache import cached
-from stagewise.influence import bif_matrix, local_learning_coefficient, trace_correlation
+from stagewise.influence import BIFTrajectory, bif_matrix, bif_trajectory, trace_correlation
 from stagewise.sampling import LossDraws, SamplerDivergence, SGLDConfig, sample_losses
 
 from stagewise.toy.data import Hierarchy, hierarchy
@@ -23,6 +22,7 @@ from stagewise.toy.dynamics import (
     trained_mode_strengths,
 )
 from stagewise.toy.network import (
+    DeepLinearNetwork,
     TrainingConfig,
     Trajectory,
     checkpoint_epochs,
@@ -69,25 +69,32 @@ class ToyExperiment:
         """Hidden representations ``W1 x_i``, ``(T, items, hidden units)``."""
         return self.trajectory.hidden(self.data.inputs)[0].numpy()
 
-    def sample_posterior(self, config: SGLDConfig, stride: int = 1, progress: bool = True) -> LossDraws:
-        """RMSprop-SGLD around every ``stride``-th checkpoint at once (float32), recording the
-        per-sample losses of the eight items: ``sampling`` is ``(K, C, T, 8)``."""
+    def _sampling_inputs(self, stride: int) -> tuple[DeepLinearNetwork, tuple[torch.Tensor, torch.Tensor], list, range]:
         dtype = torch.float32
         data = (torch.tensor(self.data.inputs, dtype=dtype), torch.tensor(self.data.outputs, dtype=dtype))
+        indices = range(0, len(self.epochs), stride)
         checkpoints = self.trajectory.state_dicts(dtype=dtype)[::stride]
-        return sample_losses(self.trajectory.module(dtype=dtype), item_loss, data, config,
-                             checkpoints=checkpoints, progress=progress)
+        return self.trajectory.module(dtype=dtype), data, checkpoints, indices
 
-    def bif_trajectory(self, config: SGLDConfig, stride: int = 1, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """``BIF(p, j)`` at every ``stride``-th checkpoint, ``(K, 8, 8)``, and the LLC estimate at
-        each, ``(K,)``; cached by configuration."""
+    def sample_posterior(self, config: SGLDConfig, stride: int = 1, progress: bool = True,
+                         device: torch.device | str | None = None) -> LossDraws:
+        """RMSprop-SGLD around every ``stride``-th checkpoint at once (float32), recording the
+        per-sample losses of the eight items: ``sampling`` is ``(K, C, T, 8)``.  Raises
+        :class:`~stagewise.sampling.SamplerDivergence` at the first diverging chain."""
+        model, data, checkpoints, indices = self._sampling_inputs(stride)
+        return sample_losses(model, item_loss, data, config, checkpoints=checkpoints, checkpoint_indices=indices,
+                             progress=progress, device=device)
 
-        def compute() -> tuple[np.ndarray, np.ndarray]:
-            draws = self.sample_posterior(config, stride, progress)
-            return bif_matrix(draws.sampling).numpy(), local_learning_coefficient(draws).numpy()
-
-        key = {"training": self.config, "checkpoints": len(self.epochs), "stride": stride, "sgld": config}
-        return cached("toy-bif", key, compute)
+    def bif_trajectory(self, config: SGLDConfig, stride: int = 1, progress: bool = True,
+                       device: torch.device | str | None = None) -> BIFTrajectory:
+        """The BIF of every item on every item at every ``stride``-th checkpoint, with the LLC
+        and the chains' health (:func:`stagewise.influence.bif_trajectory`): ``bif`` is
+        ``(K, 8, 8)`` in the order ``(checkpoint, source, query)``.  Each checkpoint's chains
+        draw from the streams of its index in the full trajectory, so a strided run samples
+        what the full run samples at the same checkpoints."""
+        model, data, checkpoints, indices = self._sampling_inputs(stride)
+        return bif_trajectory(model, item_loss, data, checkpoints, config, device=device,
+                              checkpoint_indices=indices, progress=progress)
 
 
 def hyperparameter_sweep(
@@ -100,6 +107,7 @@ def hyperparameter_sweep(
     source: int,
     stride: int,
     progress: bool = True,
+    device: torch.device | str | None = None,
 ) -> np.ndarray:
     """Mean over queries of the BIF–reference trace correlation of sample ``source``, for every
     ``(epsilon, nbeta, gamma)`` of the grid: ``(E, B, G)``, NaN where the sampler diverged.
@@ -107,27 +115,25 @@ def hyperparameter_sweep(
     ``reference`` is ``(T, N)``, the reference traces (e.g. leave-one-out) of ``source`` at
     every ``stride``-th checkpoint.
     """
-    def compute() -> np.ndarray:
-        result = np.full((len(epsilons), len(nbetas), len(gammas)), np.nan)
-        grid = list(itertools.product(enumerate(epsilons), enumerate(nbetas), enumerate(gammas)))
-        queries = [j for j in range(reference.shape[1]) if j != source]
-        for (a, epsilon), (b, nbeta), (c, gamma) in tqdm(grid, desc="sweep", leave=False, disable=not progress):
-            config = replace(base, epsilon=epsilon, nbeta=nbeta, gamma=gamma)
-            try:
-                bif, _ = experiment.bif_trajectory(config, stride, progress=False)
-            except SamplerDivergence:
-                continue
-            result[a, b, c] = trace_correlation(bif[:, source, queries], reference[:, queries]).mean()
-        return result
-
-    key = {"training": experiment.config, "checkpoints": len(experiment.epochs), "base": base, "grid": (epsilons, nbetas, gammas),
-           "source": source, "stride": stride, "reference": reference.round(12).tolist()}
-    return cached("toy-sweep", key, compute)
+    result = np.full((len(epsilons), len(nbetas), len(gammas)), np.nan)
+    grid = list(itertools.product(enumerate(epsilons), enumerate(nbetas), enumerate(gammas)))
+    queries = [j for j in range(reference.shape[1]) if j != source]
+    for (a, epsilon), (b, nbeta), (c, gamma) in tqdm(grid, desc="sweep", leave=False, disable=not progress):
+        config = replace(base, epsilon=epsilon, nbeta=nbeta, gamma=gamma)
+        try:  # stops at the first diverging chain, which makes the unstable cells cheap
+            draws = experiment.sample_posterior(config, stride, progress=False, device=device)
+        except SamplerDivergence:
+            continue
+        bif = bif_matrix(draws.sampling).numpy()
+        result[a, b, c] = trace_correlation(bif[:, source, queries], reference[:, queries]).mean()
+    return result
 
 
-def run_toy_experiment(config: TrainingConfig | None = None, checkpoints: int = 201) -> ToyExperiment:
-    """Train the network of App. C.1 and record it at ``checkpoints`` evenly spaced epochs."""
+def run_toy_experiment(config: TrainingConfig | None = None, checkpoints: int = 201,
+                       device: torch.device | str | None = None) -> ToyExperiment:
+    """Train the network of App. C.1 on ``device`` (default the CPU) and record it at
+    ``checkpoints`` evenly spaced epochs."""
     config = config or TrainingConfig()
     data = hierarchy()
-    trajectory = train_linear_network(data, config, checkpoint_epochs(config.epochs, checkpoints))
+    trajectory = train_linear_network(data, config, checkpoint_epochs(config.epochs, checkpoints), device=device)
     return ToyExperiment(config, trajectory, data)

@@ -139,6 +139,7 @@ def train_linear_network(
     sample_weights: SampleWeights | None = None,
     progress: bool = False,
     record_weights: bool = True,
+    device: torch.device | str | None = None,
 ) -> Trajectory:
     """Train ``R`` networks from one initialisation and record them at ``record_epochs``.
 
@@ -147,23 +148,26 @@ def train_linear_network(
     (for weights that change during training); ``None`` is one run with all weights 1.
     Weight 0 is the same as zeroing row ``i`` of X and Y, as the paper does for leave-one-out.
     With ``record_weights=False`` only the per-sample losses are kept (cheap for every epoch).
+    Training runs on ``device`` (default the CPU); the initial weights are drawn on the CPU, so
+    every device starts from the same ones, and the trajectory is returned on the CPU.
     """
     record = np.asarray(record_epochs, dtype=int)
     if record.ndim != 1 or record.min() < 0 or record.max() > config.epochs:
         raise ValueError(f"record_epochs must lie in [0, {config.epochs}]")
-    X = torch.as_tensor(hierarchy.inputs, dtype=torch.float64)
-    Y = torch.as_tensor(hierarchy.outputs, dtype=torch.float64)
+    device = torch.device(device or "cpu")
+    X = torch.as_tensor(hierarchy.inputs, dtype=torch.float64, device=device)
+    Y = torch.as_tensor(hierarchy.outputs, dtype=torch.float64, device=device)
     n_items, n_outputs = Y.shape
-    weights_at = _weights_schedule(sample_weights, n_items)
+    weights_at = _weights_schedule(sample_weights, n_items, device)
     runs = weights_at(0).shape[0]
 
-    W1, W2 = initial_weights(config, hierarchy)
+    W1, W2 = (w.to(device) for w in initial_weights(config, hierarchy))
     W1 = W1.expand(runs, -1, -1).clone()
     W2 = W2.expand(runs, -1, -1).clone()
     slot = {int(epoch): k for k, epoch in enumerate(record)}
-    losses = torch.empty(runs, len(record), n_items, dtype=torch.float64)
-    saved1 = torch.empty(runs, len(record), *W1.shape[1:], dtype=torch.float64) if record_weights else None
-    saved2 = torch.empty(runs, len(record), *W2.shape[1:], dtype=torch.float64) if record_weights else None
+    losses = torch.empty(runs, len(record), n_items, dtype=torch.float64, device=device)
+    saved1 = torch.empty(runs, len(record), *W1.shape[1:], dtype=torch.float64, device=device) if record_weights else None
+    saved2 = torch.empty(runs, len(record), *W2.shape[1:], dtype=torch.float64, device=device) if record_weights else None
     scale = config.learning_rate * 2.0 / (n_items * n_outputs)
     for epoch in tqdm(range(config.epochs + 1), disable=not progress, desc="training", leave=False):
         hidden = W1 @ X.T  # (R, hidden, N)
@@ -180,16 +184,17 @@ def train_linear_network(
         grad1 = W2.transpose(1, 2) @ residual @ X
         W1 -= scale * grad1
         W2 -= scale * grad2
-    return Trajectory(epochs=record, W1=saved1, W2=saved2, losses=losses)
+    return Trajectory(epochs=record, W1=None if saved1 is None else saved1.cpu(), W2=None if saved2 is None else saved2.cpu(),
+                      losses=losses.cpu())
 
 
-def _weights_schedule(sample_weights: SampleWeights | None, n_items: int) -> Callable[[int], torch.Tensor]:
+def _weights_schedule(sample_weights: SampleWeights | None, n_items: int, device: torch.device) -> Callable[[int], torch.Tensor]:
     if sample_weights is None:
-        fixed = torch.ones(1, n_items, dtype=torch.float64)
+        fixed = torch.ones(1, n_items, dtype=torch.float64, device=device)
         return lambda epoch: fixed
     if callable(sample_weights):
-        return lambda epoch: torch.as_tensor(sample_weights(epoch), dtype=torch.float64)
-    fixed = torch.as_tensor(sample_weights, dtype=torch.float64)
+        return lambda epoch: torch.as_tensor(sample_weights(epoch), dtype=torch.float64, device=device)
+    fixed = torch.as_tensor(sample_weights, dtype=torch.float64, device=device)
     if fixed.ndim != 2 or fixed.shape[1] != n_items:
         raise ValueError(f"sample_weights must have shape (runs, {n_items}), got {tuple(fixed.shape)}")
     return lambda epoch: fixed

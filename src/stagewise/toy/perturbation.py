@@ -131,18 +131,19 @@ def map_derivative(response: SVDResponse, epochs: np.ndarray, tau: float, u0: np
 
 
 def analytic_influence(hierarchy: Hierarchy, epochs: np.ndarray, tau: float, u0: np.ndarray) -> np.ndarray:
-    """``dℓ_i/dε`` for upweighting every sample ``p``, at every epoch: ``(P, N, T)``.
+    """``dℓ_i/dε`` for upweighting every sample ``p``, at every epoch: ``(T, P, N)``, the library's
+    axis order ``(checkpoint, source, query)``.
 
-    ``influence[p, i, t]`` is the influence of ``p`` on the loss of ``i`` at epoch ``epochs[t]``
+    ``influence[t, p, i]`` is the influence of ``p`` on the loss of ``i`` at epoch ``epochs[t]``
     under the closed-form dynamics; negative means ``p`` helps ``i``.
     """
     basis = correlation_modes(hierarchy.outputs.T @ hierarchy.inputs)
     X, Y = hierarchy.inputs, hierarchy.outputs
     residual = np.einsum("tod,nd->tno", closed_form_map(basis, epochs, tau, u0), X) - Y  # (T, N, O)
-    influence = np.empty((len(X), len(X), len(epochs)))
+    influence = np.empty((len(epochs), len(X), len(X)))
     for p in range(len(X)):
         dW = map_derivative(svd_response(basis, upweighting_direction(hierarchy, p)), epochs, tau, u0)
-        influence[p] = np.einsum("tno,tod,nd->nt", residual, dW, X)
+        influence[:, p] = np.einsum("tno,tod,nd->tn", residual, dW, X)
     return influence
 
 
@@ -215,12 +216,12 @@ def finite_difference_influence(
     hierarchy: Hierarchy, epochs: np.ndarray, tau: float, u0: np.ndarray, eps: float = 1e-5
 ) -> np.ndarray:
     """Central finite differences of :func:`closed_form_losses` under ``(1 ± eps)``-weighting of
-    every sample, ``(P, N, T)``: what :func:`analytic_influence` must reproduce."""
+    every sample, ``(T, P, N)``: what :func:`analytic_influence` must reproduce."""
     n_items = len(hierarchy.items)
-    result = np.empty((n_items, n_items, len(epochs)))
+    result = np.empty((len(epochs), n_items, n_items))
     for p in range(n_items):
         up, down = np.ones(n_items), np.ones(n_items)
         up[p], down[p] = 1 + eps, 1 - eps
         difference = closed_form_losses(hierarchy, epochs, tau, u0, up) - closed_form_losses(hierarchy, epochs, tau, u0, down)
-        result[p] = (difference / (2 * eps)).T
+        result[:, p] = difference / (2 * eps)
     return result
