@@ -135,18 +135,23 @@ def branch_run(run: LanguageModelRun, model: LMConfig, progress: bool = True) ->
 
 
 def token_draws(run: LanguageModelRun, step: int, observables: torch.Tensor | None = None,
-                progress: bool = True) -> torch.Tensor:
+                sampling: torch.Tensor | None = None, progress: bool = True) -> torch.Tensor:
     """Per-token losses of the observable sequences at every SGLD draw around checkpoint
     ``step``: ``(chains, draws, M·(L−1))`` (float32, cached).  ``observables`` replaces the
-    run's held-out sequences (``(M, L)`` token ids, e.g. a repeated probe)."""
+    run's held-out sequences (``(M, L)`` token ids, e.g. a repeated probe); ``sampling``
+    replaces the sequences SGLD draws its minibatches from (``(S, L)`` token ids, default
+    ``run.sampling_ids``)."""
     observables = run.observable_ids if observables is None else observables
+    sampling = run.sampling_ids if sampling is None else sampling
 
     def compute() -> torch.Tensor:
         model = run.checkpoints.load(step)
-        draws = sample_losses(model, token_losses, run.sampling_ids, run.config.sgld, observables,
+        draws = sample_losses(model, token_losses, sampling, run.config.sgld, observables,
                               record_sampling=False, progress=progress)
         return draws.observables[0].float()
 
     key = {"config": asdict(run.config), "step": step, "run": Path(run.checkpoints.directory).name,
            "observables": hashlib.sha256(observables.numpy().tobytes()).hexdigest()}
+    if sampling is not run.sampling_ids:
+        key["sampling"] = hashlib.sha256(sampling.numpy().tobytes()).hexdigest()
     return cached("lm-token-draws", key, compute, DRAW_SOURCES)
