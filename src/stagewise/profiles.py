@@ -94,12 +94,23 @@ class InductionSizes:
     probe_sequences: int
     probe_half: int
     """The probe: ``probe_sequences`` random sequences of ``probe_half`` tokens, each repeated once."""
+    boost_starts: tuple[int, ...]
+    """The intervention scan: first step of each boost window (before and through formation)."""
+    boost_length: int
+    """Steps in every boost window."""
     boosted_fraction: float
-    """Share of repeated sequences in a batch while induction data are upweighted."""
+    """Share of repeated sequences in a batch inside a boost window (a mild dose: the baseline's
+    share plus a little)."""
+    boost_stop: int
+    """Last step trained by every arm of the scan (after every window and the measured event)."""
+    boost_checkpoint_interval: int
+    """Checkpoints of the scan's arms every this many steps."""
     seeds: tuple[int, ...]
-    """Data seeds of the intervention's branches, one branch per arm and seed."""
-    threshold: float
-    """Induction score at which a head counts as formed."""
+    """Data seeds of the scan: each runs the control and every boosted arm."""
+    event_level: float
+    """The measured event: the best head's score reaches this fraction of the baseline's final one."""
+    mix_sampling_stride: int
+    """The control that samples on the training mix runs at every this-many-th analysed checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +146,8 @@ PROFILES: dict[str, Profile] = {
                 chains=2, draws=10, analysed_steps=(), asserts_claims=False, lr_schedule="constant",
                 repeated_fraction=0.75,
             ),
-            probe_sequences=16, probe_half=8, boosted_fraction=1.0, seeds=(1, 2), threshold=0.3,
+            probe_sequences=16, probe_half=8, boost_starts=(50, 100), boost_length=25, boosted_fraction=0.875,
+            boost_stop=175, boost_checkpoint_interval=25, seeds=(1, 2), event_level=0.8, mix_sampling_stride=2,
         ),
     ),
     "default": Profile(
@@ -160,7 +172,9 @@ PROFILES: dict[str, Profile] = {
                 chains=2, draws=40, analysed_steps=(), asserts_claims=True, lr_schedule="constant",
                 repeated_fraction=0.75,
             ),
-            probe_sequences=64, probe_half=16, boosted_fraction=1.0, seeds=(1, 2, 3), threshold=0.3,
+            probe_sequences=64, probe_half=16, boost_starts=(1500, 1700, 1900, 2100), boost_length=200,
+            boosted_fraction=0.875, boost_stop=2700, boost_checkpoint_interval=50, seeds=(1, 2, 3), event_level=0.8,
+            mix_sampling_stride=2,
         ),
     ),
     "paper": Profile(
@@ -186,7 +200,9 @@ PROFILES: dict[str, Profile] = {
                 checkpoint_interval=100, observable_sequences=600, sequence_length=55, sampling_batch=64,
                 chains=4, draws=200, analysed_steps=(), asserts_claims=True,
             ),
-            probe_sequences=64, probe_half=32, boosted_fraction=0.25, seeds=(1, 2, 3), threshold=0.3,
+            probe_sequences=64, probe_half=32, boost_starts=(600, 800, 1000, 1200, 1400), boost_length=200,
+            boosted_fraction=0.25, boost_stop=20_000, boost_checkpoint_interval=100, seeds=(1, 2, 3, 4, 5),
+            event_level=0.8, mix_sampling_stride=4,
         ),
     ),
 }
