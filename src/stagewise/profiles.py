@@ -147,7 +147,7 @@ PROFILES: dict[str, Profile] = {
                 repeated_fraction=0.75,
             ),
             probe_sequences=16, probe_half=8, boost_starts=(50, 100), boost_length=25, boosted_fraction=0.875,
-            boost_stop=175, boost_checkpoint_interval=25, seeds=(1, 2), event_level=0.8, mix_sampling_stride=2,
+            boost_stop=175, boost_checkpoint_interval=25, seeds=(1, 2), event_level=0.8, mix_sampling_stride=4,
         ),
     ),
     "default": Profile(
@@ -172,9 +172,9 @@ PROFILES: dict[str, Profile] = {
                 chains=2, draws=40, analysed_steps=(), asserts_claims=True, lr_schedule="constant",
                 repeated_fraction=0.75,
             ),
-            probe_sequences=64, probe_half=16, boost_starts=(1500, 1700, 1900, 2100), boost_length=200,
+            probe_sequences=64, probe_half=16, boost_starts=(1500, 1800, 2100), boost_length=200,
             boosted_fraction=0.875, boost_stop=2700, boost_checkpoint_interval=50, seeds=(1, 2, 3), event_level=0.8,
-            mix_sampling_stride=2,
+            mix_sampling_stride=4,
         ),
     ),
     "paper": Profile(
