@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from stagewise.groups import group_correlation, knn_class_recall, knn_recall_test, standardized_losses
+from stagewise.groups import (group_correlation, knn_class_recall, knn_recall_test, same_label_pair_share,
+                             standardized_losses)
 from stagewise.influence import bif_matrix
 
 
@@ -111,3 +112,12 @@ def test_knn_rejects_bad_sizes():
         knn_class_recall(draws, np.ones((4, 1), dtype=bool), k=4)
     with pytest.raises(ValueError, match="0 < k"):
         knn_class_recall(draws, np.ones((4, 1), dtype=bool), k=2, exclude_same=np.array([0, 0, 0, 1]))
+
+
+def test_same_label_pair_share_counts_pairs_of_copies():
+    membership = np.array([[1, 0], [1, 0], [1, 1], [0, 1], [0, 0]], dtype=bool)
+    ids = np.array([7, 7, 3, 3, 9])
+    # class 0: tokens 0, 1, 2 (ids 7, 7, 3): 1 of 3 pairs shares an id; class 1: ids 3, 3: 1 of 1
+    np.testing.assert_allclose(same_label_pair_share(membership, ids), [1 / 3, 1.0])
+    draws, membership, ids = identity_only_draws()
+    assert same_label_pair_share(membership, ids)[0] == pytest.approx(4 * 10 * 9 / (40 * 39))

@@ -78,6 +78,17 @@ def group_correlation(draws: torch.Tensor, membership: np.ndarray, exclude_same:
     return mean.where(kept > 0, torch.tensor(float("nan"), dtype=torch.float64)).numpy()
 
 
+def same_label_pair_share(membership: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Share of the pairs of distinct tokens within each class whose labels are equal (e.g. two
+    copies of one token id): ``(A,)``, ``nan`` for a class of fewer than two tokens."""
+    member = np.asarray(membership, dtype=bool)
+    labels = _labels(labels, member.shape[0]).numpy()
+    counts = np.stack([np.bincount(labels[member[:, a]], minlength=labels.max() + 1) for a in range(member.shape[1])])
+    size = counts.sum(axis=1).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(size > 1, ((counts**2).sum(axis=1) - size) / (size * (size - 1)), np.nan)
+
+
 def knn_neighbours(draws: torch.Tensor, k: int = 30, exclude_same: np.ndarray | None = None,
                    block: int = 1024) -> torch.Tensor:
     """Each token's ``k`` most correlated other tokens by loss, ``(n, k)`` indices.
