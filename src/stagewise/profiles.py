@@ -90,7 +90,8 @@ class InductionSizes:
     """Chapter 5: induction heads and the stagewise intervention."""
 
     model: LanguageModelSizes
-    """The run and its sampler; SGLD runs at every evenly spaced checkpoint."""
+    """The run and its sampler; SGLD runs at its ``analysed_steps``, or at every evenly spaced
+    checkpoint when there are none."""
     probe_sequences: int
     probe_half: int
     """The probe: ``probe_sequences`` random sequences of ``probe_half`` tokens, each repeated once."""
@@ -110,7 +111,8 @@ class InductionSizes:
     event_level: float
     """The measured event: the best head's score reaches this fraction of the baseline's final one."""
     mix_sampling_stride: int
-    """The control that samples on the training mix runs at every this-many-th analysed checkpoint."""
+    """The control that samples on the training mix runs at every this-many-th analysed
+    checkpoint, counted back from the last."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,8 @@ PROFILES: dict[str, Profile] = {
             model=LanguageModelSizes(
                 vocab_size=2048, hidden=128, layers=2, intermediate=512, context=64, steps=2800, batch_size=16,
                 checkpoint_interval=100, observable_sequences=64, sequence_length=55, sampling_batch=16,
-                chains=2, draws=40, analysed_steps=(), asserts_claims=True, lr_schedule="constant",
+                chains=2, draws=40, analysed_steps=(*range(0, 2000, 200), *range(2000, 2801, 100)),
+                asserts_claims=True, lr_schedule="constant",
                 repeated_fraction=0.75,
             ),
             probe_sequences=64, probe_half=16, boost_starts=(1500, 1800, 2100), boost_length=200,
