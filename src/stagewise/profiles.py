@@ -110,9 +110,9 @@ class InductionSizes:
     """Data seeds of the scan: each runs the control and every boosted arm."""
     event_level: float
     """The measured event: the best head's score reaches this fraction of the baseline's final one."""
-    mix_sampling_stride: int
-    """The control that samples on the training mix runs at every this-many-th analysed
-    checkpoint, counted back from the last."""
+    mix_sampling_steps: tuple[int, ...]
+    """Checkpoints at which the control that samples on the training mix runs (empty: every
+    analysed checkpoint)."""
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ PROFILES: dict[str, Profile] = {
                 repeated_fraction=0.75,
             ),
             probe_sequences=16, probe_half=8, boost_starts=(50, 100), boost_length=25, boosted_fraction=0.875,
-            boost_stop=175, boost_checkpoint_interval=25, seeds=(1, 2), event_level=0.8, mix_sampling_stride=4,
+            boost_stop=175, boost_checkpoint_interval=25, seeds=(1, 2), event_level=0.8, mix_sampling_steps=(100, 200),
         ),
     ),
     "default": Profile(
@@ -171,13 +171,14 @@ PROFILES: dict[str, Profile] = {
             model=LanguageModelSizes(
                 vocab_size=2048, hidden=128, layers=2, intermediate=512, context=64, steps=2800, batch_size=16,
                 checkpoint_interval=100, observable_sequences=64, sequence_length=55, sampling_batch=16,
-                chains=2, draws=40, analysed_steps=(*range(0, 2000, 200), *range(2000, 2801, 100)),
+                chains=2, draws=40, analysed_steps=(0, 200, 400, 600, 800, 1200, 1600, 2000, 2100, 2200, 2300, 2400,
+                                                  2500, 2600, 2800),
                 asserts_claims=True, lr_schedule="constant",
                 repeated_fraction=0.75,
             ),
             probe_sequences=64, probe_half=16, boost_starts=(1500, 1800, 2100), boost_length=200,
             boosted_fraction=0.875, boost_stop=2700, boost_checkpoint_interval=50, seeds=(1, 2, 3), event_level=0.8,
-            mix_sampling_stride=4,
+            mix_sampling_steps=(2000, 2400, 2800),
         ),
     ),
     "paper": Profile(
@@ -205,7 +206,7 @@ PROFILES: dict[str, Profile] = {
             ),
             probe_sequences=64, probe_half=32, boost_starts=(600, 800, 1000, 1200, 1400), boost_length=200,
             boosted_fraction=0.25, boost_stop=20_000, boost_checkpoint_interval=100, seeds=(1, 2, 3, 4, 5),
-            event_level=0.8, mix_sampling_stride=4,
+            event_level=0.8, mix_sampling_steps=(),
         ),
     ),
 }
