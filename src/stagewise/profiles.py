@@ -176,7 +176,7 @@ PROFILES: dict[str, Profile] = {
                 asserts_claims=True, lr_schedule="constant",
                 repeated_fraction=0.75,
             ),
-            probe_sequences=64, probe_half=16, boost_starts=(1500, 1800, 2100), boost_length=200,
+            probe_sequences=64, probe_half=16, boost_starts=(1500, 2100), boost_length=200,
             boosted_fraction=0.875, boost_stop=2700, boost_checkpoint_interval=50, seeds=(1, 2, 3), event_level=0.8,
             mix_sampling_steps=(2000, 2400, 2800),
         ),
