@@ -97,13 +97,91 @@ def test_formation_window_brackets_the_rise_and_snaps_to_checkpoints():
         formation_window(curves, low=0.9, high=0.1)
 
 
-def test_intervention_rejects_a_window_off_the_checkpoint_grid():
-    from stagewise.lm.intervention import intervention
+def test_probe_sequence_index_labels_each_target_by_its_sequence():
+    from stagewise.lm.induction import probe_sequence_index
 
-    run = SimpleNamespace(config=SimpleNamespace(model=SimpleNamespace(checkpoint_interval=100, steps=1000)))
+    index = probe_sequence_index(count=3, half=5)
+    assert index.shape == (probe_groups(3, 5).shape[0],)
+    assert index.tolist() == [0] * 9 + [1] * 9 + [2] * 9
+
+
+def test_training_mix_sequences_hold_the_models_share_of_repeated_segments():
+    from stagewise.lm.induction import training_mix_sequences
+    from stagewise.lm.training import LMConfig
+
+    stream = torch.arange(5000) % 97 + 3  # natural text: never repeats within 20 tokens
+    mix = training_mix_sequences(LMConfig(vocab_size=100, repeated_fraction=0.75), stream, count=40, length=24)
+    assert mix.shape == (40, 24)
+    periodic = [any(torch.equal(row[p:], row[:-p]) for p in range(8, 13)) for row in mix]
+    assert sum(periodic) == 30, "three quarters of the rows repeat a segment of 8 to 12 tokens"
+
+
+def synthetic_scan(saving_per_sequence, seeds=6, noise=3.0, seed=0):
+    """A scan whose arms' induction curves are logistic in the step: each seed's control forms
+    at its own step, and a boost moves formation earlier by ``saving_per_sequence(start) · dose``."""
+    from stagewise.lm.intervention import BoostScan, ScanResult
+
+    rng = np.random.default_rng(seed)
+    scan = BoostScan(starts=(1000, 1200, 1400, 1600), length=200, boosted_fraction=0.875, seeds=tuple(range(seeds)),
+                     stop=3000, checkpoint_interval=25)
+    dose = 400
+    steps = np.arange(0, 3001, 25)
+
+    def curve(midpoint):
+        best = 0.1 + 0.8 / (1 + np.exp(-(steps - midpoint) / 60))
+        return InductionCurves(steps, best[:, None, None], np.zeros(len(steps)))
+
+    control_midpoints = 2300 + 40 * rng.normal(size=seeds)
+    control = [curve(m) for m in control_midpoints]
+    boosted = [[curve(m - saving_per_sequence(start) * dose + noise * rng.normal()) for m in control_midpoints]
+               for start in scan.starts]
+    return ScanResult(scan=scan, extra_sequences=dose, control=control, boosted=boosted)
+
+
+def test_scan_profile_of_a_dose_only_baseline_is_flat():
+    from stagewise.lm.intervention import scan_profile
+
+    result = synthetic_scan(lambda start: 0.1)  # every extra sequence saves 0.1 steps, whenever given
+    profile = scan_profile(result.scan.starts, *result.event_steps(0.7), result.extra_sequences)
+    assert profile.favours == "dose only (flat)"
+    assert profile.slope_interval[0] < 0 < profile.slope_interval[1]
+    assert profile.null_level == pytest.approx(0.1, abs=0.01)
+    assert np.all(np.abs(profile.mean - 0.1) < 0.02)
+
+
+def test_scan_profile_detects_a_stagewise_saving_in_either_direction():
+    from stagewise.lm.intervention import scan_profile
+
+    for saving, reading in [(lambda start: 0.05 + 1e-4 * (start - 1000), "later boosts help more"),
+                            (lambda start: 0.15 - 1e-4 * (start - 1000), "earlier boosts help more")]:
+        result = synthetic_scan(saving)
+        profile = scan_profile(result.scan.starts, *result.event_steps(0.7), result.extra_sequences)
+        assert profile.favours == reading
+        assert profile.slope == pytest.approx(1000 * 1e-4 * (1 if "later" in reading else -1), rel=0.2)
+
+
+def test_scan_profile_rejects_unreached_events_and_single_seeds():
+    from stagewise.lm.intervention import scan_profile
+
+    with pytest.raises(ValueError, match="never reached"):
+        scan_profile([1, 2], np.array([10.0, 11.0]), np.array([[9.0, np.nan], [8.0, 9.0]]), 5)
+    with pytest.raises(ValueError, match="seeds >= 2"):
+        scan_profile([1, 2], np.array([10.0]), np.array([[9.0], [8.0]]), 5)
+
+
+def test_boost_scan_rejects_windows_off_the_kept_states_or_past_the_stop():
+    from stagewise.lm.intervention import BoostScan, boost_scan
+    from stagewise.lm.training import LMConfig
+
+    model = LMConfig(steps=1000, checkpoint_interval=100, batch_size=16, repeated_fraction=0.75, lr_schedule="constant")
+    run = SimpleNamespace(config=SimpleNamespace(model=model))
     probe = repeated_sequences(2, 4, vocab_size=50)
-    for window in [(150, 300), (0, 300), (300, 1100), (400, 300)]:
-        with pytest.raises(ValueError, match="window must be"):
-            intervention(run, window, 1.0, (1,), probe, progress=False)
+    design = dict(length=100, boosted_fraction=0.875, seeds=(1,), stop=900, checkpoint_interval=50)
+    for starts in [(150, 300), (0, 300), (500, 300), (300, 850)]:
+        with pytest.raises(ValueError, match="window|windows"):
+            boost_scan(run, BoostScan(starts=starts, **design), probe, progress=False)
+    with pytest.raises(ValueError, match="adds no repeated"):
+        boost_scan(run, BoostScan(starts=(300,), **{**design, "boosted_fraction": 0.75}), probe, progress=False)
     with pytest.raises(ValueError, match="at least one seed"):
-        intervention(run, (300, 500), 1.0, (), probe, progress=False)
+        boost_scan(run, BoostScan(starts=(300,), **{**design, "seeds": ()}), probe, progress=False)
+    assert BoostScan(starts=(300,), **design).extra_sequences(model) == 2 * 100

@@ -164,7 +164,7 @@ def test_pythia_revisions_load_from_a_local_hub_cache(tmp_path):
 
 def test_token_influence_end_to_end_on_a_tiny_run(tmp_path, monkeypatch):
     from stagewise.book import lm as book_lm
-    from stagewise.influence import group_correlation, knn_class_recall
+    from stagewise.groups import group_correlation, knn_class_recall
     from stagewise.lm.experiment import TokenInfluenceConfig, prepare_run, token_draws
     from stagewise.lm.sources import LocalSource
     from stagewise.sampling import SGLDConfig

@@ -142,36 +142,6 @@ def test_trace_correlation():
         trace_correlation(t, t[:10])
 
 
-def test_group_correlation_matches_the_full_matrix_without_same_token_pairs():
-    from stagewise.influence import group_correlation
-
-    rng = np.random.default_rng(0)
-    draws = torch.tensor(rng.normal(size=(2, 50, 12)))
-    draws[..., 6:] += 2 * draws[..., :1]  # tokens 6.. share a component with token 0
-    membership = rng.random((12, 3)) < 0.5
-    membership[0, 0] = membership[0, 1] = True
-    full = -bif_matrix(draws[None], normalized=True)[0].numpy()  # correlation = -normalized BIF
-    expected = np.empty((3, 3))
-    for a in range(3):
-        for b in range(3):
-            values = [full[t, u] for t in np.flatnonzero(membership[:, a]) for u in np.flatnonzero(membership[:, b]) if t != u]
-            expected[a, b] = np.mean(values)
-    np.testing.assert_allclose(group_correlation(draws, membership), expected, rtol=1e-5)
-
-
-def test_knn_recall_finds_planted_classes():
-    from stagewise.influence import knn_class_recall
-
-    rng = np.random.default_rng(1)
-    factors = rng.normal(size=(3, 400))
-    labels = np.repeat(np.arange(3), 40)
-    losses = factors[labels] + 0.5 * rng.normal(size=(120, 400))  # tokens of a class co-vary
-    draws = torch.tensor(losses.T.reshape(2, 200, 120))
-    membership = np.eye(3, dtype=bool)[labels]
-    recall_minus_rate = knn_class_recall(draws, membership, k=10, block=32)
-    np.testing.assert_allclose(recall_minus_rate, 1 - 1 / 3, atol=1e-9)
-    shuffled = knn_class_recall(draws, membership[rng.permutation(120)], k=10)
-    assert np.abs(shuffled).max() < 0.3
 
 
 def test_kernel_update_is_the_formula():

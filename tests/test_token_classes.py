@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from stagewise.lm.classes import CLASSES, classify_tokens
+from stagewise.lm.classes import CLASSES, classify_tokens, decode_byte_level
 
 
 def classes_of(strings, ids=None):
@@ -21,6 +21,35 @@ def test_formatting_tokens():
     assert found == [{"formatting"}] * 6 + [set(), set(), set()]
 
 
+def test_rules_after_leading_whitespace_are_formatting_and_operators_are_not():
+    # Pythia's tokenizer glues the space before a rule onto it: ' ----', ' ####', '\n===='
+    assert classes_of([" ----", " ####", "\n====", "\t****"]) == [{"formatting"}] * 4
+    # operators and short runs: comparison, power, floor division, dunder, ellipsis, 3-dash
+    assert classes_of(["==", " **", "//", "__", "...", " ...", "---", " !="]) == [set()] * 8
+
+
+def test_split_utf8_pieces_and_bracket_runs_are_not_formatting():
+    # the pieces of a split multi-byte character each decode to U+FFFD on their own
+    assert classes_of(["\ufffd\ufffd", "\ufffd\ufffd\ufffd\ufffd", " \ufffd"]) == [set()] * 3
+    assert classes_of(["((((", " [[", "))))", "}}"]) == [{"left delimiter"}, {"left delimiter"},
+                                                      {"right delimiter"}, {"right delimiter"}]
+
+
+def test_byte_level_vocabulary_entries_decode_to_their_text():
+    # GPT-2/Pythia vocabulary entries: Ġ is a space, Ċ a newline, ĉ a tab
+    assert decode_byte_level("Ġ----") == " ----"
+    assert decode_byte_level("ĊĊ") == "\n\n"
+    assert decode_byte_level("ĉĉ") == "\t\t"
+    assert decode_byte_level("ĠĠĠĠ") == "    "
+    pieces = [decode_byte_level(p) for p in ("â", "Ĥ", "¬")]  # the three bytes of "€" as separate tokens
+    assert all(p == "\ufffd" for p in pieces)
+    entries = ["Ġ----", "ĊĊ", "Ġ==", "Ġ((", "Ġdiffer", "ences", "âĤ"]
+    assert classes_of([decode_byte_level(e) for e in entries]) == [
+        {"formatting"}, {"formatting"}, set(), {"left delimiter"}, {"word part"}, {"word end"}, set()]
+    with pytest.raises(ValueError, match="not a byte-level"):
+        decode_byte_level("€")
+
+
 def test_delimiters():
     assert classes_of(["(", " [", "{", ")", "]", " }", "):", "()", " f(", "x"]) == [
         {"left delimiter"}, {"left delimiter"}, {"left delimiter"},
@@ -37,3 +66,12 @@ def test_induction_pattern():
 def test_lengths_must_match():
     with pytest.raises(ValueError, match="differ in length"):
         classify_tokens([1, 2], ["a"])
+
+
+def test_byte_level_decoding_agrees_with_a_trained_tokenizer(tmp_path):
+    from stagewise.lm.tokenizer import token_strings, train_bpe_tokenizer
+
+    texts = ["def f(x):\n    return x ** 2  # ----\n", "a = [1, 2]\n\tb == c ... €€ ####"] * 20
+    tokenizer = train_bpe_tokenizer(texts, 300, tmp_path)
+    ids = tokenizer(texts[0] + texts[1])["input_ids"]
+    assert [decode_byte_level(t) for t in tokenizer.convert_ids_to_tokens(ids)] == token_strings(tokenizer, ids)

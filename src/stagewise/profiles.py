@@ -95,16 +95,29 @@ class InductionSizes:
     """Chapter 5: induction heads and the stagewise intervention."""
 
     model: LanguageModelSizes
-    """The run and its sampler; SGLD runs at every evenly spaced checkpoint."""
+    """The run and its sampler; SGLD runs at its ``analysed_steps``, or at every evenly spaced
+    checkpoint when there are none."""
     probe_sequences: int
     probe_half: int
     """The probe: ``probe_sequences`` random sequences of ``probe_half`` tokens, each repeated once."""
+    boost_starts: tuple[int, ...]
+    """The intervention scan: first step of each boost window (before and through formation)."""
+    boost_length: int
+    """Steps in every boost window."""
     boosted_fraction: float
-    """Share of repeated sequences in a batch while induction data are upweighted."""
+    """Share of repeated sequences in a batch inside a boost window (a mild dose: the baseline's
+    share plus a little)."""
+    boost_stop: int
+    """Last step trained by every arm of the scan (after every window and the measured event)."""
+    boost_checkpoint_interval: int
+    """Checkpoints of the scan's arms every this many steps."""
     seeds: tuple[int, ...]
-    """Data seeds of the intervention's branches, one branch per arm and seed."""
-    threshold: float
-    """Induction score at which a head counts as formed."""
+    """Data seeds of the scan: each runs the control and every boosted arm."""
+    event_level: float
+    """The measured event: the best head's score reaches this fraction of the baseline's final one."""
+    mix_sampling_steps: tuple[int, ...]
+    """Checkpoints at which the control that samples on the training mix runs (empty: every
+    analysed checkpoint)."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +188,8 @@ PROFILES: dict[str, Profile] = {
                 chains=2, draws=10, analysed_steps=(), asserts_claims=False, lr_schedule="constant",
                 repeated_fraction=0.75,
             ),
-            probe_sequences=16, probe_half=8, boosted_fraction=1.0, seeds=(1, 2), threshold=0.3,
+            probe_sequences=16, probe_half=8, boost_starts=(50, 100), boost_length=25, boosted_fraction=0.875,
+            boost_stop=175, boost_checkpoint_interval=25, seeds=(1, 2), event_level=0.8, mix_sampling_steps=(100, 200),
         ),
         pythia=PythiaSizes(
             analysed_steps=(0, 512, 1000), observable_sequences=12, sequence_length=33, sampling_batch=8,
@@ -201,10 +215,14 @@ PROFILES: dict[str, Profile] = {
             model=LanguageModelSizes(
                 vocab_size=2048, hidden=128, layers=2, intermediate=512, context=64, steps=2800, batch_size=16,
                 checkpoint_interval=100, observable_sequences=64, sequence_length=55, sampling_batch=16,
-                chains=2, draws=40, analysed_steps=(), asserts_claims=True, lr_schedule="constant",
+                chains=2, draws=40, analysed_steps=(0, 200, 400, 600, 800, 1200, 1600, 2000, 2100, 2200, 2300, 2400,
+                                                  2500, 2600, 2800),
+                asserts_claims=True, lr_schedule="constant",
                 repeated_fraction=0.75,
             ),
-            probe_sequences=64, probe_half=16, boosted_fraction=1.0, seeds=(1, 2, 3), threshold=0.3,
+            probe_sequences=64, probe_half=16, boost_starts=(1500, 2100), boost_length=200,
+            boosted_fraction=0.875, boost_stop=2700, boost_checkpoint_interval=50, seeds=(1, 2, 3), event_level=0.8,
+            mix_sampling_steps=(2000, 2400, 2800),
         ),
         pythia=PAPER_PYTHIA,
     ),
@@ -231,7 +249,9 @@ PROFILES: dict[str, Profile] = {
                 checkpoint_interval=100, observable_sequences=600, sequence_length=55, sampling_batch=64,
                 chains=4, draws=200, analysed_steps=(), asserts_claims=True,
             ),
-            probe_sequences=64, probe_half=32, boosted_fraction=0.25, seeds=(1, 2, 3), threshold=0.3,
+            probe_sequences=64, probe_half=32, boost_starts=(600, 800, 1000, 1200, 1400), boost_length=200,
+            boosted_fraction=0.25, boost_stop=20_000, boost_checkpoint_interval=100, seeds=(1, 2, 3, 4, 5),
+            event_level=0.8, mix_sampling_steps=(),
         ),
         pythia=PAPER_PYTHIA,
     ),

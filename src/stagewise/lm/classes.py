@@ -4,13 +4,19 @@ Classes are neither exhaustive nor exclusive: a token may have none or several.
 
 * **word part**: a non-final token of a word split into several tokens;
 * **word end**: the final token of such a word (single-token words are neither);
-* **formatting**: whitespace containing a newline or a tab, or a run of one repeated
-  non-alphanumeric character (``----``, ``####``, indentation);
+* **formatting**: whitespace containing a newline or a tab, or at least two spaces
+  (indentation), or a rule: a run of at least :data:`RULE_LENGTH` copies of one punctuation
+  character after optional whitespace (``----``, ``' ####'``, ``'\n===='``).  Operators and
+  short runs (``==``, ``**``, ``//``, ``__``, ``...``), bracket runs (``((``, which are
+  delimiters) and the pieces of a split UTF-8 character (decoded as ``\ufffd``) are not;
 * **induction pattern**: token ``x_k`` such that for some ``j < k``, ``x_{j-1} = x_{k-1}`` and
   ``x_j = x_k`` (the bigram ending here occurred earlier in the sequence);
 * **left / right delimiter**: a token with opening brackets ``( [ {`` and no closing ones (or
-  the reverse), and otherwise only punctuation: ``(``, ``[``, ``):`` and ``})`` count, ``()``
-  and ``f(`` do not.
+  the reverse), and otherwise only punctuation: ``(``, ``[``, ``((``, ``):`` and ``})`` count,
+  ``()`` and ``f(`` do not.
+
+Strings are the decoded text of each token; GPT-2/Pythia byte-level vocabulary entries
+(``Ġ`` for a space, ``Ċ`` for a newline) are turned into text with :func:`decode_byte_level`.
 """
 
 from __future__ import annotations
@@ -29,10 +35,40 @@ def _continues_word(previous: str, current: str) -> bool:
     return bool(previous) and bool(current) and previous[-1].isalpha() and current[0].isalpha()
 
 
+RULE_LENGTH = 4
+"""Shortest run of one punctuation character that counts as formatting (``---`` and ``...``
+are too often operators or an ellipsis)."""
+REPLACEMENT = "\ufffd"
+"""What a piece of a split UTF-8 character decodes to on its own."""
+
+
+def _byte_of_character() -> dict[str, int]:
+    """GPT-2's byte-level alphabet reversed: printable bytes stand for themselves, the others
+    (space, newline, control bytes…) for ``chr(256 + k)`` in byte order (so ``Ġ`` is a space)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {chr(b): b for b in printable} | {chr(256 + k): b for k, b in enumerate(others)}
+
+
+BYTE_OF_CHARACTER = _byte_of_character()
+
+
+def decode_byte_level(token: str) -> str:
+    """The text of a GPT-2/Pythia byte-level vocabulary entry (``"Ġ----"`` → ``" ----"``,
+    ``"ĊĊ"`` → ``"\n\n"``); an incomplete UTF-8 sequence decodes to ``\ufffd``."""
+    if any(char not in BYTE_OF_CHARACTER for char in token):
+        raise ValueError(f"{token!r} is not a byte-level vocabulary entry")
+    return bytes(BYTE_OF_CHARACTER[char] for char in token).decode("utf-8", errors="replace")
+
+
 def _is_formatting(token: str) -> bool:
-    if token and token.isspace():
+    if not token or REPLACEMENT in token:
+        return False
+    if token.isspace():
         return "\n" in token or "\t" in token or len(token) >= 2
-    return len(token) >= 2 and len(set(token)) == 1 and not token[0].isalnum()
+    run = token.lstrip()
+    return (len(run) >= RULE_LENGTH and len(set(run)) == 1 and not run[0].isalnum() and not run[0].isspace()
+            and run[0] not in LEFT_DELIMITERS | RIGHT_DELIMITERS)
 
 
 def classify_tokens(ids: Sequence[int], strings: Sequence[str]) -> np.ndarray:
@@ -60,7 +96,7 @@ def classify_tokens(ids: Sequence[int], strings: Sequence[str]) -> np.ndarray:
     seen_bigrams: set[tuple[int, int]] = set()
     for k, (token_id, text) in enumerate(zip(ids, strings)):
         member[k, formatting] = _is_formatting(text)
-        punctuation_only = not any(ch.isalnum() for ch in text)
+        punctuation_only = REPLACEMENT not in text and not any(ch.isalnum() for ch in text)
         opens, closes = bool(LEFT_DELIMITERS & set(text)), bool(RIGHT_DELIMITERS & set(text))
         member[k, left] = punctuation_only and opens and not closes
         member[k, right] = punctuation_only and closes and not opens

@@ -9,12 +9,12 @@ the repeated half (the *in-context loss drop*).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from stagewise.lm.training import token_losses
+from stagewise.lm.training import LMConfig, token_losses, training_batch
 
 PROBE_GROUPS: tuple[str, ...] = ("non-repeated", "repeated")
 """Token groups of a repeated probe: targets of the first half, and targets of the second half
@@ -50,21 +50,38 @@ def probe_groups(count: int, half: int) -> np.ndarray:
     return np.tile(one, (count, 1))
 
 
+def probe_sequence_index(count: int, half: int) -> np.ndarray:
+    """The sequence each target token of a repeated probe belongs to, ``(count·(2·half − 1),)``, in the
+    order of :func:`probe_groups`: the labels that leave within-sequence pairs out of a group
+    correlation (``group_correlation(..., exclude_same=...)``), as the paper compares tokens of
+    different sequences only."""
+    return np.repeat(np.arange(count), 2 * half - 1)
+
+
+def training_mix_sequences(model: LMConfig, stream: torch.Tensor, count: int, length: int, seed: int = 0) -> torch.Tensor:
+    """``(count, length)`` token ids drawn as ``model`` draws its training batches (windows of
+    ``stream``, the model's share of them replaced by repeated random segments): a sampling set
+    for SGLD on the training mix rather than on natural text."""
+    mix = replace(model, context=length - 1, batch_size=count, boost_window=None, branch=None)
+    return training_batch(mix, stream, 0, torch.Generator().manual_seed(seed))
+
+
 def induction_scores(model: torch.nn.Module, probe: torch.Tensor) -> np.ndarray:
     """Mean attention from each token of the repeated half to the token after its first
     occurrence, per head: ``(layers, heads)``, in [0, 1]; ``probe`` from :func:`repeated_sequences`."""
     half = probe.shape[1] // 2
+    device = next(model.parameters()).device
     with torch.no_grad():
-        attentions = model(input_ids=probe, output_attentions=True).attentions  # layers × (B, H, L, L)
-    queries = torch.arange(half, 2 * half - 1)
-    return torch.stack([a[:, :, queries, queries - half + 1].mean(dim=(0, 2)) for a in attentions]).numpy()
+        attentions = model(input_ids=probe.to(device), output_attentions=True).attentions  # layers × (B, H, L, L)
+    queries = torch.arange(half, 2 * half - 1, device=device)
+    return torch.stack([a[:, :, queries, queries - half + 1].mean(dim=(0, 2)) for a in attentions]).cpu().numpy()
 
 
 def in_context_loss_drop(model: torch.nn.Module, probe: torch.Tensor) -> float:
     """Mean loss on the first half minus mean loss on the predictable repeated tokens (nats)."""
     half = probe.shape[1] // 2
     with torch.no_grad():
-        losses = token_losses(model, probe)  # target t + 1 at column t
+        losses = token_losses(model, probe.to(next(model.parameters()).device))  # target t + 1 at column t
     return float(losses[:, : half - 1].mean() - losses[:, half:].mean())
 
 

@@ -1,43 +1,30 @@
-"""The stagewise intervention (paper §4): upweight induction data inside the window in which
-induction heads form, or before it, or never, and see when the heads form.
+"""The stagewise intervention (paper, camera-ready summary): does a boost of induction data help
+formation more inside the window in which induction heads form than before it?
 
-All arms branch from the same checkpoint of a baseline run (a run with
-``keep_states``), at the start of the earlier window, and differ only in when a batch holds
-``boosted_fraction`` of repeated sequences instead of the baseline's share.  Each arm is repeated
-with several data seeds, so that a difference between arms can be told from noise.
+A fair test compares equal doses given at different stages.  :func:`boost_scan` gives a short,
+mild boost (a few more repeated sequences per batch, for ``length`` steps) starting at each of
+several steps before and through the formation window.  Every boosted arm branches from the
+baseline run's kept state at the start of its window, so it shares the baseline's batches up to
+its window; an unboosted control branches at the earliest start with the same data seed.  The
+outcome is the step at which a *late* level of the best head's induction score is reached,
+after every window has ended, and the effect is the steps saved against the control per extra
+repeated sequence.  :func:`scan_profile` sets that profile beside the dose-only null, in which
+a boosted sequence saves the same number of steps whenever it is given (a flat profile).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from scipy import stats
 from tqdm.auto import tqdm
 
 from stagewise.lm.experiment import LanguageModelRun, branch_run
 from stagewise.lm.induction import InductionCurves, induction_curves
-
-ARMS: tuple[str, ...] = ("inside", "before", "never")
-"""Induction data upweighted inside the formation window, in an equally long window just before
-it, or never."""
-
-
-@dataclass
-class InterventionResult:
-    """Induction curves of every arm and seed."""
-
-    inside: tuple[int, int]
-    """The formation window ``[start, stop)`` in steps."""
-    before: tuple[int, int]
-    """The equally long window that ends where it starts; the branch step is its start."""
-    seeds: tuple[int, ...]
-    curves: dict[str, list[InductionCurves]]
-    """Arm → one :class:`InductionCurves` per seed, from the branch step on."""
-
-    def crossing_steps(self, threshold: float) -> dict[str, np.ndarray]:
-        """Arm → ``(seeds,)`` first step at which the best head's score reaches ``threshold``."""
-        return {arm: np.array([c.crossing_step(threshold) for c in runs]) for arm, runs in self.curves.items()}
+from stagewise.lm.training import LMConfig
 
 
 def snap_window(window: tuple[float, float], interval: int) -> tuple[int, int]:
@@ -49,27 +36,147 @@ def snap_window(window: tuple[float, float], interval: int) -> tuple[int, int]:
     return start, stop
 
 
-def intervention(run: LanguageModelRun, window: tuple[int, int], boosted_fraction: float, seeds: tuple[int, ...],
-                 probe: torch.Tensor, progress: bool = True) -> InterventionResult:
-    """Train every arm of :data:`ARMS` for every seed, branching from ``run`` at the start of the
-    window before ``window``, and measure induction on ``probe`` at every checkpoint after it.
+@dataclass(frozen=True)
+class BoostScan:
+    """The design of a scan of equal boosts."""
 
-    ``window`` is ``[start, stop)`` in steps, on ``run``'s grid of evenly spaced checkpoints."""
-    start, stop = window
-    interval = run.config.model.checkpoint_interval
-    if not 0 < start < stop <= run.config.model.steps or start % interval or stop % interval:
-        raise ValueError(f"the window must be [start, stop) with 0 < start < stop <= {run.config.model.steps}, "
-                         f"on multiples of the checkpoint interval {interval}; got {window}")
-    if not seeds:
-        raise ValueError("the intervention needs at least one seed")
-    before = (max(0, 2 * start - stop), start)
-    boosts = {"inside": window, "before": before, "never": None}
-    curves: dict[str, list[InductionCurves]] = {arm: [] for arm in ARMS}
-    jobs = [(arm, seed) for seed in seeds for arm in ARMS]
-    for arm, seed in tqdm(jobs, desc="intervention arms", disable=not progress):
-        boost = boosts[arm]
-        config = replace(run.config.model, branch=(before[0], seed), boost_window=boost,
-                         boosted_fraction=boosted_fraction if boost else 0.0)
-        checkpoints = branch_run(run, config, progress=progress)
-        curves[arm].append(induction_curves(checkpoints.load, checkpoints.steps, probe))
-    return InterventionResult(inside=window, before=before, seeds=tuple(seeds), curves=curves)
+    starts: tuple[int, ...]
+    """First step of each boost window (on the baseline's kept states, increasing)."""
+    length: int
+    """Steps in every window."""
+    boosted_fraction: float
+    """Share of repeated sequences in a batch inside a window (the baseline's share elsewhere)."""
+    seeds: tuple[int, ...]
+    """Data seeds: each seed continues every arm, and its control, with its own batches."""
+    stop: int
+    """The last step trained by every arm."""
+    checkpoint_interval: int
+    """Checkpoints of the arms, every this many steps (the resolution of the measured event)."""
+
+    def windows(self) -> list[tuple[int, int]]:
+        return [(start, start + self.length) for start in self.starts]
+
+    def extra_sequences(self, model: LMConfig) -> int:
+        """Repeated sequences a window adds to the baseline's, the dose of every arm."""
+        boosted = replace(model, boost_window=(0, 1), boosted_fraction=self.boosted_fraction)
+        return (boosted.repeated_rows(0) - model.repeated_rows(0)) * self.length
+
+
+@dataclass
+class ScanResult:
+    """Induction curves of the control and of every boosted arm, per seed."""
+
+    scan: BoostScan
+    extra_sequences: int
+    control: list[InductionCurves]
+    """One per seed."""
+    boosted: list[list[InductionCurves]]
+    """``[start][seed]``."""
+
+    def event_steps(self, level: float) -> tuple[np.ndarray, np.ndarray]:
+        """Step at which the best head's score reaches ``level``: control ``(seeds,)`` and boosted
+        arms ``(starts, seeds)``; ``nan`` where it is not reached by :attr:`BoostScan.stop`."""
+        control = np.array([c.crossing_step(level) for c in self.control])
+        boosted = np.array([[c.crossing_step(level) for c in arm] for arm in self.boosted])
+        return control, boosted
+
+
+@dataclass
+class ScanProfile:
+    """Steps saved per extra repeated sequence, by the start of the boost, beside the dose-only null."""
+
+    starts: np.ndarray
+    """``(W,)`` first step of each window."""
+    saved: np.ndarray
+    """``(W, seeds)`` steps saved against the seed's control, per extra repeated sequence."""
+    confidence: float
+    mean: np.ndarray
+    """``(W,)`` mean over seeds."""
+    interval: np.ndarray
+    """``(W, 2)`` t-interval of the mean at :attr:`confidence`."""
+    null_level: float
+    """The dose-only null: the same saving at every start (the mean of all arms)."""
+    slope: float
+    """Change of the saving per 1000 steps of later start: the mean over seeds of each seed's
+    least-squares slope (the seed's control cancels in it).  0 under the null; positive if a
+    boost helps more the later (the closer to formation) it is given."""
+    slope_interval: tuple[float, float]
+    """t-interval of :attr:`slope` at :attr:`confidence`, over seeds."""
+
+    @property
+    def favours(self) -> str:
+        """Which reading the slope's interval supports: ``"later boosts help more"``,
+        ``"earlier boosts help more"`` or ``"dose only (flat)"`` when it contains 0."""
+        low, high = self.slope_interval
+        if low > 0:
+            return "later boosts help more"
+        if high < 0:
+            return "earlier boosts help more"
+        return "dose only (flat)"
+
+
+def _t_interval(values: np.ndarray, confidence: float, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    n = values.shape[axis]
+    mean = values.mean(axis=axis)
+    half = stats.t.ppf((1 + confidence) / 2, n - 1) * values.std(axis=axis, ddof=1) / np.sqrt(n)
+    return mean - half, mean + half
+
+
+def scan_profile(starts: Sequence[int], control_events: np.ndarray, boosted_events: np.ndarray, extra_sequences: int,
+                 confidence: float = 0.9) -> ScanProfile:
+    """The profile of a scan from its event steps (:meth:`ScanResult.event_steps`): ``starts``
+    ``(W,)``, ``control_events`` ``(seeds,)``, ``boosted_events`` ``(W, seeds)``; needs two seeds
+    or more and every event reached."""
+    starts = np.asarray(starts, dtype=float)
+    control, boosted = np.asarray(control_events, dtype=float), np.asarray(boosted_events, dtype=float)
+    if boosted.shape != (len(starts), len(control)) or len(control) < 2 or len(starts) < 2:
+        raise ValueError(f"need boosted events (starts = {len(starts)}, seeds >= 2) and starts >= 2, "
+                         f"got {boosted.shape} for {len(control)} control seeds")
+    if np.isnan(control).any() or np.isnan(boosted).any():
+        raise ValueError("an arm never reached the level: train longer (BoostScan.stop) or pick a lower level")
+    if extra_sequences <= 0:
+        raise ValueError(f"the boost must add repeated sequences, got {extra_sequences}")
+    saved = (control[None, :] - boosted) / extra_sequences
+    low, high = _t_interval(saved, confidence, axis=1)
+    x = (starts - starts.mean()) / 1000
+    slopes = (x[:, None] * (saved - saved.mean(axis=0))).sum(axis=0) / (x**2).sum()  # (seeds,)
+    slope_low, slope_high = _t_interval(slopes, confidence)
+    return ScanProfile(starts=starts, saved=saved, confidence=confidence, mean=saved.mean(axis=1),
+                       interval=np.stack([low, high], axis=1), null_level=float(saved.mean()),
+                       slope=float(slopes.mean()), slope_interval=(float(slope_low), float(slope_high)))
+
+
+def boost_scan(run: LanguageModelRun, scan: BoostScan, probe: torch.Tensor, progress: bool = True) -> ScanResult:
+    """Train the control and every boosted arm of ``scan`` for every seed (each cached as a run)
+    and measure induction on ``probe`` at their checkpoints.  ``run`` must have kept its training
+    state (``prepare_run(..., keep_states=True)``) at every window start."""
+    model = run.config.model
+    starts = list(scan.starts)
+    if not scan.seeds:
+        raise ValueError("the scan needs at least one seed")
+    if starts != sorted(set(starts)) or starts[0] <= 0 or any(s % model.checkpoint_interval for s in starts):
+        raise ValueError(f"window starts must increase, be positive and lie on the baseline's kept states "
+                         f"(multiples of {model.checkpoint_interval}); got {scan.starts}")
+    if starts[-1] + scan.length > scan.stop or scan.stop > model.steps:
+        raise ValueError(f"every window must end by the last step trained ({scan.stop}, at most {model.steps})")
+    if scan.stop != model.steps and model.lr_schedule != "constant":
+        raise ValueError("stopping the arms early changes a decaying learning-rate schedule; use stop = steps")
+    if scan.extra_sequences(model) <= 0:
+        raise ValueError(f"a boosted fraction of {scan.boosted_fraction} adds no repeated sequence to a batch of "
+                         f"{model.batch_size} with {model.repeated_fraction:.0%} repeated")
+
+    def arm(start: int, seed: int, window: tuple[int, int] | None) -> InductionCurves:
+        # the branch seed depends on the start, so no two arms reuse one stream of batches
+        config = replace(model, steps=scan.stop, checkpoint_interval=scan.checkpoint_interval,
+                         branch=(start, 1000 * seed + start // model.checkpoint_interval),
+                         boost_window=window, boosted_fraction=scan.boosted_fraction if window else 0.0)
+        checkpoints = branch_run(run, config, progress=False)
+        return induction_curves(checkpoints.load, [s for s in checkpoints.steps if s >= start], probe)
+
+    jobs = [(None, seed) for seed in scan.seeds] + [(w, seed) for w in scan.windows() for seed in scan.seeds]
+    curves = {}
+    for window, seed in tqdm(jobs, desc="boost scan arms", disable=not progress):
+        curves[window, seed] = arm(window[0] if window else starts[0], seed, window)
+    return ScanResult(scan=scan, extra_sequences=scan.extra_sequences(model),
+                      control=[curves[None, seed] for seed in scan.seeds],
+                      boosted=[[curves[w, seed] for seed in scan.seeds] for w in scan.windows()])

@@ -1,0 +1,177 @@
+"""Influence between groups of tokens, from per-token loss draws, with the controls a reading needs.
+
+Two reductions of the normalized BIF (SPEC §4), both in ``O(tokens × draws)`` memory:
+
+* :func:`group_correlation`: the mean loss correlation (= −normalized BIF) between two classes
+  of tokens, optionally over pairs that do not share a label (the same token id, or the same
+  sequence), so that a class made of a few frequent ids is not read through the copies of one
+  token;
+* :func:`knn_class_recall`: how often a token's most correlated neighbours vote for its own
+  class (paper App. D.1.3), optionally ignoring neighbours with the same label, beside the
+  recall of the same vote with the class labels shuffled (:func:`knn_recall_test`): the
+  rate-adjusted vote favours rare classes even when the neighbours are random, so its null is
+  not 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def standardized_losses(draws: torch.Tensor) -> torch.Tensor:
+    """Draws ``(..., C, T, n)`` pooled into a ``(n, D)`` matrix ``Z`` (``D`` = all draws of all
+    chains) with ``Z Zᵀ`` the Pearson correlation of the losses; rows of constant losses are zero."""
+    if draws.ndim < 3:
+        raise ValueError(f"draws must have shape (..., chains, draws, n), got {tuple(draws.shape)}")
+    pooled = draws.reshape(-1, draws.shape[-1]).T.float()  # (n, D)
+    centred = pooled - pooled.mean(dim=1, keepdim=True)
+    norm = centred.norm(dim=1, keepdim=True)
+    return torch.where(norm > 0, centred / norm.clamp_min(1e-30), torch.zeros_like(centred))
+
+
+def _labels(exclude_same: np.ndarray | None, n: int) -> torch.Tensor:
+    """Dense labels ``0…G−1`` of the tokens; every token its own label when ``exclude_same`` is None."""
+    if exclude_same is None:
+        return torch.arange(n)
+    labels = np.asarray(exclude_same)
+    if labels.shape != (n,):
+        raise ValueError(f"exclude_same must hold one label per token, shape ({n},), got {labels.shape}")
+    return torch.as_tensor(np.unique(labels, return_inverse=True)[1].reshape(n))
+
+
+def group_correlation(draws: torch.Tensor, membership: np.ndarray, exclude_same: np.ndarray | None = None) -> np.ndarray:
+    """Mean loss correlation between classes of tokens: ``(A, A)``.
+
+    Entry ``[a, b]`` averages ``Corr(ℓ_t, ℓ_t')`` over ``t`` in class ``a`` and ``t'`` in class
+    ``b`` with ``t ≠ t'``: the group normalized BIF with its sign flipped (positive: the two
+    classes' losses move together, upweighting one helps the other).  ``draws`` is
+    ``(..., C, T, n)``; ``membership`` is ``(n, A)`` booleans.  ``exclude_same`` (``(n,)`` labels,
+    e.g. token ids or sequence indices) also leaves out every pair with equal labels; an entry
+    with no pair left is ``nan``.  Computed from class sums (per label) of the standardized
+    loss matrix in ``O(n · draws)`` memory; the ``n × n`` matrix is never formed.
+    """
+    Z = standardized_losses(draws).double()
+    n = Z.shape[0]
+    member = np.asarray(membership, dtype=bool)
+    if member.ndim != 2 or member.shape[0] != n:
+        raise ValueError(f"membership must be (tokens = {n}, classes), got {member.shape}")
+    valid = (Z.abs().sum(dim=1) > 0).numpy()
+    M = torch.tensor(member & valid[:, None], dtype=torch.float64)  # (n, A)
+    sums = M.T @ Z  # (A, D)
+    total = sums @ sums.T
+    pairs = M.sum(0)[:, None] * M.sum(0)[None, :]
+    if exclude_same is None:  # only t = t': each valid token's self-correlation is exactly 1
+        same_total = same_pairs = M.T @ M
+    else:
+        labels = _labels(exclude_same, n)
+        groups = int(labels.max()) + 1
+        per_label = torch.zeros(groups, M.shape[1], Z.shape[1], dtype=torch.float64)
+        per_label.index_add_(0, labels, M[:, :, None] * Z[:, None, :])  # (G, A, D) class sums per label
+        counts = torch.zeros(groups, M.shape[1], dtype=torch.float64).index_add_(0, labels, M)  # (G, A)
+        same_total = torch.einsum("gad,gbd->ab", per_label, per_label)
+        same_pairs = counts.T @ counts
+    kept = pairs - same_pairs
+    mean = (total - same_total) / kept.clamp_min(1)
+    return mean.where(kept > 0, torch.tensor(float("nan"), dtype=torch.float64)).numpy()
+
+
+def same_label_pair_share(membership: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Share of the pairs of distinct tokens within each class whose labels are equal (e.g. two
+    copies of one token id): ``(A,)``, ``nan`` for a class of fewer than two tokens."""
+    member = np.asarray(membership, dtype=bool)
+    labels = _labels(labels, member.shape[0]).numpy()
+    counts = np.stack([np.bincount(labels[member[:, a]], minlength=labels.max() + 1) for a in range(member.shape[1])])
+    size = counts.sum(axis=1).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(size > 1, ((counts**2).sum(axis=1) - size) / (size * (size - 1)), np.nan)
+
+
+def knn_neighbours(draws: torch.Tensor, k: int = 30, exclude_same: np.ndarray | None = None,
+                   block: int = 1024) -> torch.Tensor:
+    """Each token's ``k`` most correlated other tokens by loss, ``(n, k)`` indices.
+
+    ``exclude_same`` (``(n,)`` labels, e.g. token ids) also rules out tokens with the token's own
+    label.  Found in blocks of ``block`` rows, so memory is ``O(block · n)``."""
+    Z = standardized_losses(draws)
+    n = Z.shape[0]
+    labels = _labels(exclude_same, n)
+    eligible = n - int(torch.bincount(labels).max())
+    if not 0 < k <= eligible:
+        raise ValueError(f"need 0 < k <= {eligible} (tokens with another label than the most common one), got k = {k}")
+    neighbours = torch.empty(n, k, dtype=torch.long)
+    for start in range(0, n, block):
+        rows = torch.arange(start, min(start + block, n))
+        similarity = Z[rows] @ Z.T
+        similarity[labels[rows][:, None] == labels[None, :]] = -float("inf")  # self, and same label
+        neighbours[rows] = similarity.topk(k, dim=1).indices
+    return neighbours
+
+
+def recall_from_neighbours(neighbours: torch.Tensor, membership: np.ndarray) -> np.ndarray:
+    """Same-class recall of the rate-adjusted vote of ``neighbours`` ``(n, k)``, minus the class
+    rate: ``(A,)``.  Each neighbour votes for its classes, each vote divided by the rate of that
+    class among the other tokens; the token is predicted the winning class, and the recall of
+    class ``a`` is the share of its tokens predicted ``a`` (``nan`` for an empty class)."""
+    member = torch.as_tensor(np.asarray(membership, dtype=bool))
+    n, A = member.shape
+    if neighbours.shape[0] != n:
+        raise ValueError(f"membership has {n} rows for {neighbours.shape[0]} tokens")
+    counts = member.sum(0).double()
+    votes = member[neighbours].sum(1).double()  # (n, A)
+    rate = (counts[None, :] - member.double()) / (n - 1)
+    score = torch.where(rate > 0, votes / rate.clamp_min(1e-12), torch.zeros_like(votes))
+    predicted = score.argmax(dim=1)
+    recall = np.array([(predicted[member[:, a]] == a).double().mean().item() if counts[a] > 0 else np.nan
+                       for a in range(A)])
+    return recall - (counts / n).numpy()
+
+
+def knn_class_recall(draws: torch.Tensor, membership: np.ndarray, k: int = 30, exclude_same: np.ndarray | None = None,
+                     block: int = 1024) -> np.ndarray:
+    """Same-class recall minus class rate of a ``k``-nearest-neighbour vote by loss correlation
+    (paper App. D.1.3): ``(A,)``.  Its value for neighbours unrelated to the classes is *not* 0
+    (see :func:`knn_recall_test`).  ``exclude_same`` as in :func:`knn_neighbours`."""
+    return recall_from_neighbours(knn_neighbours(draws, k, exclude_same, block), membership)
+
+
+@dataclass
+class KNNRecall:
+    """KNN recall beside its permutation null."""
+
+    recall: np.ndarray
+    """``(A,)`` recall minus class rate."""
+    null: np.ndarray
+    """``(P, A)`` the same with the rows of the class membership shuffled ``P`` times (the
+    neighbours kept): what the vote gives when the classes have nothing to do with influence."""
+
+    @property
+    def null_mean(self) -> np.ndarray:
+        """``(A,)`` mean of the null."""
+        return self.null.mean(axis=0)
+
+    def null_band(self, coverage: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """``(A,)`` lower and upper quantiles holding ``coverage`` of the null."""
+        tail = (1 - coverage) / 2
+        return np.quantile(self.null, tail, axis=0), np.quantile(self.null, 1 - tail, axis=0)
+
+    @property
+    def excess(self) -> np.ndarray:
+        """``(A,)`` recall above the null's mean."""
+        return self.recall - self.null_mean
+
+
+def knn_recall_test(draws: torch.Tensor, membership: np.ndarray, k: int = 30, exclude_same: np.ndarray | None = None,
+                    permutations: int = 200, seed: int = 0, block: int = 1024) -> KNNRecall:
+    """:func:`knn_class_recall` and its null from ``permutations`` shufflings of the membership
+    rows (which keeps the classes' sizes and overlaps); the neighbours are found once."""
+    if permutations < 1:
+        raise ValueError(f"need at least one permutation, got {permutations}")
+    member = np.asarray(membership, dtype=bool)
+    neighbours = knn_neighbours(draws, k, exclude_same, block)
+    rng = np.random.default_rng(seed)
+    null = np.array([recall_from_neighbours(neighbours, member[rng.permutation(len(member))])
+                     for _ in range(permutations)])
+    return KNNRecall(recall_from_neighbours(neighbours, member), null)

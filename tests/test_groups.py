@@ -1,0 +1,123 @@
+import numpy as np
+import pytest
+import torch
+
+from stagewise.groups import (group_correlation, knn_class_recall, knn_recall_test, same_label_pair_share,
+                             standardized_losses)
+from stagewise.influence import bif_matrix
+
+
+def brute_force_group(draws, membership, labels):
+    full = -bif_matrix(draws[None], normalized=True)[0].numpy()  # correlation = -normalized BIF
+    A = membership.shape[1]
+    expected = np.full((A, A), np.nan)
+    for a in range(A):
+        for b in range(A):
+            values = [full[t, u] for t in np.flatnonzero(membership[:, a]) for u in np.flatnonzero(membership[:, b])
+                      if t != u and labels[t] != labels[u]]
+            if values:
+                expected[a, b] = np.mean(values)
+    return expected
+
+
+def test_standardized_losses_give_the_correlation():
+    draws = torch.tensor(np.random.default_rng(0).normal(size=(2, 30, 5)))
+    Z = standardized_losses(draws).double()
+    correlation = -bif_matrix(draws[None], normalized=True)[0]
+    torch.testing.assert_close(Z @ Z.T, correlation, rtol=1e-5, atol=1e-6)
+
+
+def test_group_correlation_matches_the_full_matrix_without_same_token_pairs():
+    rng = np.random.default_rng(0)
+    draws = torch.tensor(rng.normal(size=(2, 50, 12)))
+    draws[..., 6:] += 2 * draws[..., :1]  # tokens 6.. share a component with token 0
+    membership = rng.random((12, 3)) < 0.5
+    membership[0, 0] = membership[0, 1] = True
+    np.testing.assert_allclose(group_correlation(draws, membership), brute_force_group(draws, membership, np.arange(12)),
+                               rtol=1e-5)
+
+
+def test_group_correlation_can_leave_out_pairs_with_the_same_label():
+    rng = np.random.default_rng(2)
+    draws = torch.tensor(rng.normal(size=(2, 40, 15)))
+    draws[..., 5:] += draws[..., :1]
+    membership = rng.random((15, 3)) < 0.6
+    ids = rng.integers(0, 4, size=15)
+    np.testing.assert_allclose(group_correlation(draws, membership, exclude_same=ids),
+                               brute_force_group(draws, membership, ids), rtol=1e-5)
+    # a class whose tokens all share one label has no pair left with itself
+    one_id = np.zeros(15, dtype=bool)
+    one_id[ids == ids[0]] = True
+    assert np.isnan(group_correlation(draws, one_id[:, None], exclude_same=ids)[0, 0])
+    with pytest.raises(ValueError, match="one label per token"):
+        group_correlation(draws, membership, exclude_same=ids[:3])
+
+
+def identity_only_draws(seed=0, ids_per_class=4, copies=10, draws=300):
+    """Draws in which only copies of the same token id correlate: class 0 is made of a few
+    frequent ids, class 1 of many single ones, class 2 of the rest; everything else is noise."""
+    rng = np.random.default_rng(seed)
+    ids = np.concatenate([np.repeat(np.arange(ids_per_class), copies),            # class 0: 4 ids × 10 copies
+                          100 + np.arange(40), 1000 + np.repeat(np.arange(40), 2)])  # class 1, class 2
+    classes = np.concatenate([np.zeros(40, int), np.ones(40, int), np.full(80, 2)])
+    unique, inverse = np.unique(ids, return_inverse=True)
+    per_id = rng.normal(size=(draws, len(unique)))
+    losses = per_id[:, inverse] + 0.7 * rng.normal(size=(draws, len(ids)))
+    return torch.tensor(losses.reshape(2, draws // 2, len(ids))), np.eye(3, dtype=bool)[classes], ids
+
+
+def test_token_identity_alone_correlates_all_pairs_but_not_different_id_pairs():
+    draws, membership, ids = identity_only_draws()
+    everything = group_correlation(draws, membership)
+    different = group_correlation(draws, membership, exclude_same=ids)
+    # copies of one id correlate at 1 / (1 + 0.7²) ≈ 0.67; 9 of the 39 other class-0 tokens are copies
+    assert everything[0, 0] > 0.1 and everything[2, 2] > 0.003
+    assert abs(different[0, 0]) < 0.03 and abs(different[2, 2]) < 0.03
+    recall = knn_recall_test(draws, membership, k=5, permutations=200)
+    control = knn_recall_test(draws, membership, k=5, exclude_same=ids, permutations=200)
+    low, high = recall.null_band(0.99)
+    assert recall.recall[0] > high[0], "the copies of a frequent id vote for its class"
+    low, high = control.null_band(0.99)
+    assert np.all((control.recall >= low) & (control.recall <= high)), "without them the vote is at its null"
+
+
+def test_knn_recall_finds_planted_classes():
+    rng = np.random.default_rng(1)
+    factors = rng.normal(size=(3, 400))
+    labels = np.repeat(np.arange(3), 40)
+    losses = factors[labels] + 0.5 * rng.normal(size=(120, 400))  # tokens of a class co-vary
+    draws = torch.tensor(losses.T.reshape(2, 200, 120))
+    membership = np.eye(3, dtype=bool)[labels]
+    np.testing.assert_allclose(knn_class_recall(draws, membership, k=10, block=32), 1 - 1 / 3, atol=1e-9)
+    test = knn_recall_test(draws, membership, k=10, permutations=50)
+    assert np.all(test.recall > test.null_band(0.99)[1])
+
+
+def test_knn_null_is_not_zero_for_rare_overlapping_classes_and_holds_pure_noise():
+    # non-exclusive classes of unequal size, as the token classes are: the rate-adjusted vote
+    # favours rare classes even when the neighbours are random
+    rng = np.random.default_rng(3)
+    n = 600
+    membership = np.stack([rng.random(n) < 0.3, rng.random(n) < 0.05, rng.random(n) < 0.08], axis=1)
+    draws = torch.tensor(rng.normal(size=(2, 100, n)))
+    test = knn_recall_test(draws, membership, k=30, permutations=200)
+    assert test.null_mean[1] > 0.05, "a rare class's null recall exceeds its rate"
+    low, high = test.null_band(0.99)
+    assert np.all((test.recall >= low) & (test.recall <= high)), "pure noise lies inside the null band"
+
+
+def test_knn_rejects_bad_sizes():
+    draws = torch.zeros(1, 5, 4)
+    with pytest.raises(ValueError, match="0 < k"):
+        knn_class_recall(draws, np.ones((4, 1), dtype=bool), k=4)
+    with pytest.raises(ValueError, match="0 < k"):
+        knn_class_recall(draws, np.ones((4, 1), dtype=bool), k=2, exclude_same=np.array([0, 0, 0, 1]))
+
+
+def test_same_label_pair_share_counts_pairs_of_copies():
+    membership = np.array([[1, 0], [1, 0], [1, 1], [0, 1], [0, 0]], dtype=bool)
+    ids = np.array([7, 7, 3, 3, 9])
+    # class 0: tokens 0, 1, 2 (ids 7, 7, 3): 1 of 3 pairs shares an id; class 1: ids 3, 3: 1 of 1
+    np.testing.assert_allclose(same_label_pair_share(membership, ids), [1 / 3, 1.0])
+    draws, membership, ids = identity_only_draws()
+    assert same_label_pair_share(membership, ids)[0] == pytest.approx(4 * 10 * 9 / (40 * 39))
