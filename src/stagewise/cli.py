@@ -124,6 +124,7 @@ def _format_seconds(entry: dict | None) -> str:
 
 
 def command_list() -> int:
+    """Print the chapters with their measured time per profile."""
     times = load_times()
     table = [(str(ch.number), ch.name, ch.title, *(_format_seconds(times.get(p, {}).get(ch.name)) for p in PROFILES))
              for ch in chapters()]
@@ -181,7 +182,10 @@ def figures(notebook) -> list[tuple[str, bytes]]:
     return found
 
 
-def command_run(chapter: Chapter, profile: str, device: str, out: Path) -> int:
+def command_run(chapter: Chapter, profile: str, device: str, out: Path, times: Path = TIMES) -> int:
+    """Execute ``chapter`` under ``profile`` on ``device`` into ``out``; record its time in ``times``.
+
+    Returns the exit status: 0, or 1 when a cell raised (the notebook so far is still written)."""
     import jupytext
     import nbformat
     from nbclient import NotebookClient
@@ -227,7 +231,7 @@ def command_run(chapter: Chapter, profile: str, device: str, out: Path) -> int:
         last = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         print(f"chapter {chapter.name} failed in cell {index}: {last} (notebook so far: {target})", file=sys.stderr)
         return 1
-    record_times(profile, {chapter.name: elapsed}, by="stagewise run")
+    record_times(profile, {chapter.name: elapsed}, by="stagewise run", path=times)
     print(f"{chapter.name}: executed in {elapsed:.0f} s; wrote {target} and {len(figures(notebook))} figures to {out}",
           file=sys.stderr)
     return 0
@@ -240,6 +244,7 @@ def _choose(kind: str, value: str, valid: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m stagewise``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m stagewise", description="The stagewise book's chapters.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="the chapters, with their measured time per profile")
