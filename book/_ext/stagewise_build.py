@@ -3,14 +3,16 @@
 * Before each chapter is read (and so executed by MyST-NB) it announces the chapter on the
   progress destination of :mod:`stagewise.progress` (``$STAGEWISE_PROGRESS``, which ``make book``
   follows on the console), and after it prints the chapter's execution time.
-* At the end of a build that executed chapters it records their times, per profile, in
-  ``src/stagewise/chapter_times.json`` (read by ``python -m stagewise list``).
+* At the end of a build that executed chapters it records their times, per profile, in the
+  file named by ``$STAGEWISE_TIMES`` (``make book`` names ``src/stagewise/chapter_times.json``,
+  which ``python -m stagewise list`` reads); unset, nothing is recorded (the test build).
 * It offers each executed chapter for download as ``.ipynb`` (with its outputs) beside the
   ``.md`` source: the book theme does this only when launch buttons are configured.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from shutil import copy2
@@ -52,7 +54,8 @@ def on_doctree_read(app: Sphinx, doctree) -> None:
 
 
 def on_build_finished(app: Sphinx, exception: Exception | None) -> None:
-    if exception is not None:
+    target = os.environ.get("STAGEWISE_TIMES", "").strip()
+    if exception is not None or not target:
         return
     times = {
         docname: data["exec_data"]["runtime"]
@@ -60,7 +63,7 @@ def on_build_finished(app: Sphinx, exception: Exception | None) -> None:
         if data.get("exec_data") and data["exec_data"].get("succeeded") and data["exec_data"].get("runtime")
     }
     if times:
-        path = record_times(get_profile().name, times)
+        path = record_times(get_profile().name, times, path=Path(target))
         announce(f"[stagewise] chapter times recorded in {path}")
 
 
