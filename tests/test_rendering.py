@@ -96,6 +96,9 @@ class PageText(HTMLParser):
 
 @pytest.fixture(scope="module")
 def built_book(tmp_path_factory) -> Path:
+    reuse = os.environ.get("STAGEWISE_BUILT_BOOK")   # an html folder already built from this tree
+    if reuse:
+        return Path(reuse)
     out = tmp_path_factory.mktemp("book")
     env = dict(os.environ, STAGEWISE_PROFILE="fast", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     subprocess.run(
