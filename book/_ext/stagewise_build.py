@@ -20,7 +20,7 @@ from shutil import copy2
 from sphinx.application import Sphinx
 from sphinx.util import logging
 
-from stagewise.cli import record_times
+from stagewise.cli import chapters, record_times
 from stagewise.profiles import get_profile
 from stagewise.progress import announce
 
@@ -57,10 +57,12 @@ def on_build_finished(app: Sphinx, exception: Exception | None) -> None:
     target = os.environ.get("STAGEWISE_TIMES", "").strip()
     if exception is not None or not target:
         return
+    names = {chapter.name for chapter in chapters()}
     times = {
         docname: data["exec_data"]["runtime"]
         for docname, data in getattr(app.env, "nb_metadata", {}).items()
-        if data.get("exec_data") and data["exec_data"].get("succeeded") and data["exec_data"].get("runtime")
+        if docname in names and data.get("exec_data") and data["exec_data"].get("succeeded")
+        and data["exec_data"].get("runtime")
     }
     if times:
         path = record_times(get_profile().name, times, path=Path(target))

@@ -94,6 +94,8 @@ def load_times(path: Path = TIMES) -> dict[str, dict[str, dict]]:
 def machine() -> str:
     """A short description of this machine: CPU count and kind, and the GPU if torch sees one."""
     description = f"{os.cpu_count()} CPU cores ({platform.machine()}, {platform.system()})"
+    if hasattr(os, "getloadavg"):   # a busy machine makes every time longer
+        description += f", load {os.getloadavg()[0]:.1f}"
     try:
         import torch
 
