@@ -159,7 +159,7 @@ def test_theory_chapter_glues_captions_cites_and_hides_solutions(built_book, tmp
     references = (built_book / "references.html").read_text(encoding="utf-8")
     for href in cited:
         assert f'id="{href.split("#", 1)[1]}"' in references, f"citation target {href} missing"
-    assert "Influence Dynamics and Stagewise Data Attribution" in references
+    assert "Influence Dynamics and Stagewise Data Attribution" in references and "2510.12071" in references
     # exercise solutions run (their code is on the page) but stay hidden until opened
     hidden = "".join(page.hidden_solution_text)
     assert "replace(posterior, llc_V=6.0)" in hidden, "the solution's code should be inside a collapsed solution"
