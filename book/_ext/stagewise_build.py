@@ -6,6 +6,8 @@
 * At the end of a build that executed chapters it records their times, per profile, in the
   file named by ``$STAGEWISE_TIMES`` (``make book`` names ``src/stagewise/chapter_times.json``,
   which ``python -m stagewise list`` reads); unset, nothing is recorded (the test build).
+* The library's docstrings write ``|x|`` for an absolute value; reStructuredText would read it
+  as an undefined substitution, so the API page escapes bars outside literals and tables.
 * It offers each executed chapter for download as ``.ipynb`` (with its outputs) beside the
   ``.md`` source: the book theme does this only when launch buttons are configured.
 """
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from shutil import copy2
@@ -80,10 +83,20 @@ def offer_notebook_download(app: Sphinx, pagename: str, templatename: str, conte
     context["ipynb_source"] = f"{pagename}.ipynb"
 
 
+def escape_bars(app: Sphinx, what: str, name: str, obj, options, lines: list[str]) -> None:
+    """``|eig(M)|`` in a docstring means an absolute value, never an RST substitution."""
+    for k, line in enumerate(lines):
+        if line.lstrip().startswith(("|", "+-", "+=")):
+            continue   # a table row
+        parts = re.split(r"(`+[^`]*`+)", line)   # literals and roles keep their bars
+        lines[k] = "".join(part if index % 2 else part.replace("|", "\\|") for index, part in enumerate(parts))
+
+
 def setup(app: Sphinx) -> dict:
     app.connect("source-read", on_source_read)
     app.connect("doctree-read", on_doctree_read)
     app.connect("build-finished", on_build_finished)
+    app.connect("autodoc-process-docstring", escape_bars)
     # before the theme builds its download menu (priority 501)
     app.connect("html-page-context", offer_notebook_download, priority=400)
     return {"parallel_read_safe": False, "parallel_write_safe": True}
