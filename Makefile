@@ -18,10 +18,19 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
+# Chapters run in Jupyter kernels whose output never reaches the console; they write their
+# progress (chapter started, training and sampling bars, chapter time) to PROGRESS_LOG through
+# stagewise.progress, and the build follows that file on the console.  The chapters' execution
+# times are recorded per profile in src/stagewise/chapter_times.json (`python -m stagewise list`).
+PROGRESS_LOG := $(ROOT)/_build/progress.log
+
 book: $(VENV)/.installed
-	cd book && PATH=$(BIN):$$PATH STAGEWISE_PROFILE=$(PROFILE) \
-		jupyter-book build . --all --config $(ROOT)/_config.yml --toc $(ROOT)/_toc.yml \
-		--path-output $(ROOT) -W
+	@mkdir -p $(ROOT)/_build && : > $(PROGRESS_LOG)
+	@tail -n +1 -f $(PROGRESS_LOG) & follow=$$!; \
+	cd book && PATH=$(BIN):$$PATH STAGEWISE_PROFILE=$(PROFILE) STAGEWISE_PROGRESS=$(PROGRESS_LOG) \
+		STAGEWISE_TIMES=$(ROOT)/src/stagewise/chapter_times.json jupyter-book build . --all --config $(ROOT)/_config.yml --toc $(ROOT)/_toc.yml \
+		--path-output $(ROOT) -W; \
+	status=$$?; sleep 1; kill $$follow; exit $$status
 	@echo "The book is built: open file://$(ROOT)/_build/html/index.html"
 
 test: $(VENV)/.installed

@@ -1,9 +1,13 @@
-"""The rendered book, as a reader sees it: build it (fast profile) and load the theory chapter
-in headless Chromium, after MathJax has run."""
+"""The rendered book, as a reader sees it: build it (fast profile) and load its pages in headless
+Chromium, after MathJax and the page scripts have run: typeset math, figures with numbered
+captions, numbers glued from the run, citations that link to the references, solutions hidden
+until opened, and the chapter offered for download as a notebook."""
 
 from __future__ import annotations
 
 import os
+import pkgutil
+import re
 import shutil
 import subprocess
 import sys
@@ -33,7 +37,8 @@ def chromium() -> str:
 
 
 class PageText(HTMLParser):
-    """Visible text of a page (outside script/style), typeset math and images."""
+    """Visible text of a page (outside script/style), typeset math, images, figure captions,
+    glued values, links, and the text inside solutions that are hidden (collapsed)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -41,10 +46,27 @@ class PageText(HTMLParser):
         self.math_containers = 0
         self.images: list[str] = []
         self.scripts: list[str] = []
+        self.links: list[tuple[str, str]] = []   # (href, class)
+        self.captions: list[str] = []
+        self.glued: list[str] = []
+        self.hidden_solution_text: list[str] = []
         self._skip = 0
+        self._divs: list[bool] = []              # per open <div>: is it a collapsed solution?
+        self._collect: list[tuple[str, list[str]]] = []   # (closing tag, sink) being collected
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
+        classes = (attrs.get("class") or "").split()
+        if tag == "div":
+            self._divs.append("solution" in classes and "toggle-hidden" in classes)
+        elif tag == "a":
+            self.links.append((attrs.get("href", ""), " ".join(classes)))
+        elif tag == "figcaption":
+            self._collect.append(("figcaption", self.captions))
+            self.captions.append("")
+        elif tag == "span" and "pasted-text" in classes:
+            self._collect.append(("span", self.glued))
+            self.glued.append("")
         if tag in ("script", "style"):
             self._skip += 1
             if tag == "script" and attrs.get("src"):
@@ -57,14 +79,26 @@ class PageText(HTMLParser):
     def handle_endtag(self, tag):
         if tag in ("script", "style"):
             self._skip -= 1
+        elif tag == "div" and self._divs:
+            self._divs.pop()
+        if self._collect and self._collect[-1][0] == tag:
+            self._collect.pop()
 
     def handle_data(self, data):
-        if not self._skip:
-            self.text.append(data)
+        if self._skip:
+            return
+        self.text.append(data)
+        for _, sink in self._collect:
+            sink[-1] += data
+        if any(self._divs):
+            self.hidden_solution_text.append(data)
 
 
 @pytest.fixture(scope="module")
 def built_book(tmp_path_factory) -> Path:
+    reuse = os.environ.get("STAGEWISE_BUILT_BOOK")   # an html folder already built from this tree
+    if reuse:
+        return Path(reuse)
     out = tmp_path_factory.mktemp("book")
     env = dict(os.environ, STAGEWISE_PROFILE="fast", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     subprocess.run(
@@ -103,3 +137,59 @@ def test_theory_chapter_renders_math_and_figures(built_book, tmp_path):
     assert len(figures) >= 3, f"expected the chapter's figures, found {figures}"
     for src in figures:
         assert (built_book / src).stat().st_size > 10_000, f"figure {src} is empty"
+
+
+def test_theory_chapter_glues_captions_cites_and_hides_solutions(built_book, tmp_path):
+    from stagewise import theory
+
+    page = rendered(built_book / "theory.html", tmp_path)
+    text = " ".join("".join(page.text).split())
+    # a number in the prose comes from the run: the critical size, as the library computes it
+    n_c = f"{theory.example_posterior().critical_n():.0f}"
+    assert n_c in page.glued, f"n_c = {n_c} should be glued into the prose; glued values: {page.glued}"
+    assert not any("{glue" in value for value in page.glued)
+    # numbered figure captions that name the paper figure, and references to them by number
+    captions = [" ".join(caption.split()) for caption in page.captions]
+    assert len(captions) >= 3 and all(re.match(r"Fig\. \d+", caption) for caption in captions), captions
+    assert any("Fig. 1b" in caption for caption in captions), "a caption names the paper figure"
+    assert re.search(r"\(Fig\. \d+\)", text), "the text refers to a figure by its number"
+    # citations link to the references page, where the entry is
+    cited = [href for href, classes in page.links if href.startswith("references.html#")]
+    assert cited, "the chapter cites its sources"
+    references = (built_book / "references.html").read_text(encoding="utf-8")
+    for href in cited:
+        assert f'id="{href.split("#", 1)[1]}"' in references, f"citation target {href} missing"
+    assert "Influence Dynamics and Stagewise Data Attribution" in references and "2510.12071" in references
+    # exercise solutions run (their code is on the page) but stay hidden until opened
+    hidden = "".join(page.hidden_solution_text)
+    assert "replace(posterior, llc_V=6.0)" in hidden, "the solution's code should be inside a collapsed solution"
+
+
+def test_every_chapter_page_offers_its_notebook_and_source(built_book):
+    from stagewise.cli import chapters
+
+    for chapter in chapters():
+        html = (built_book / f"{chapter.name}.html").read_text(encoding="utf-8")
+        for suffix in (".ipynb", ".md"):
+            assert f"_sources/{chapter.name}{suffix}" in html, f"{chapter.name}: no {suffix} download"
+            assert (built_book / "_sources" / f"{chapter.name}{suffix}").stat().st_size > 1000
+
+
+def test_reproducibility_page_reports_profile_and_chapter_times(built_book, tmp_path):
+    page = rendered(built_book / "reproducibility.html", tmp_path)
+    text = "".join(page.text)
+    assert "fast" in page.glued
+    assert "torch" in text and "CPU cores" in text
+    for chapter in ("theory", "toy_dynamics", "three_estimates"):
+        assert chapter in text, f"no execution time for {chapter}"
+
+
+def test_api_page_lists_every_public_module():
+    import stagewise
+
+    api = (ROOT / "book" / "api.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\.\. automodule:: (\S+)$", api, flags=re.MULTILINE))
+    modules = {f"stagewise.{info.name}" for info in pkgutil.iter_modules(stagewise.__path__)
+               if not info.name.startswith("_")}
+    missing = modules - documented
+    assert not missing, f"add these modules to book/api.md: {sorted(missing)}"

@@ -1,0 +1,131 @@
+"""The command line (`python -m stagewise`) and the progress destination it relies on."""
+
+from __future__ import annotations
+
+import json
+import re
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from stagewise import cli
+from stagewise.profiles import PROFILES
+from stagewise.progress import PROGRESS_ENV, announce, progress
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def stagewise(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stagewise", *args], cwd=ROOT, capture_output=True,
+                          text=True, env=dict(os.environ, **env), timeout=600)
+
+
+def test_list_shows_every_chapter_of_the_toc_with_a_time_per_profile():
+    result = stagewise("list")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert all(profile in lines[0] for profile in PROFILES)
+    names = [chapter.name for chapter in cli.chapters()]
+    assert names[:3] == ["theory", "toy_dynamics", "three_estimates"]
+    assert "reproducibility" not in names and "references" not in names
+    for name in names:
+        row = next(line for line in lines if f" {name} " in line)
+        assert re.search(r"(\s+(\d+ (s|min)|unknown)){%d}$" % len(PROFILES), row), row
+
+
+@pytest.mark.parametrize(
+    ("args", "kind", "valid"),
+    [
+        (["run", "no_such_chapter"], "chapter", "theory, toy_dynamics"),
+        (["run", "theory", "--profile", "huge"], "profile", "fast, default, paper"),
+        (["run", "theory", "--device", "tpu"], "device", "cpu"),
+    ],
+)
+def test_unknown_choices_fail_with_one_line_listing_the_valid_ones(args, kind, valid):
+    result = stagewise(*args)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    message = result.stderr.strip()
+    assert "\n" not in message, message
+    assert f"unknown {kind}" in message and valid in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_is_refused_without_a_gpu():
+    result = stagewise("run", "theory", "--device", "cuda")
+    assert result.returncode == 2 and "valid devices: cpu" in result.stderr
+
+
+def fake_chapter(tmp_path: Path, body: str) -> cli.Chapter:
+    path = tmp_path / "probe.md"
+    path.write_text(
+        "---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\n"
+        "kernelspec:\n  display_name: Python 3\n  language: python\n  name: python3\n---\n\n"
+        "# Probe\n\n```{code-cell} ipython3\n" + body + "\n```\n",
+        encoding="utf-8",
+    )
+    return cli.Chapter(1, "probe", "Probe", path)
+
+
+def test_run_passes_profile_and_device_and_shows_library_progress(tmp_path, capfd, monkeypatch):
+    monkeypatch.delenv(PROGRESS_ENV, raising=False)
+    monkeypatch.setenv("STAGEWISE_PROFILE", "default")   # restored afterwards; `run` overrides it
+    monkeypatch.setenv(cli.DEVICE_ENV, "unset")
+    chapter = fake_chapter(tmp_path, "import os\nfrom stagewise.progress import progress\n"
+                                     "for _ in progress(range(5), desc='probe-bar'):\n    pass\n"
+                                     "print(os.environ['STAGEWISE_PROFILE'], os.environ['STAGEWISE_DEVICE'])")
+    times = tmp_path / "times.json"
+    assert cli.command_run(chapter, "fast", "cpu", tmp_path / "out", times=times) == 0
+    executed = nbformat.read(tmp_path / "out" / "probe.ipynb", as_version=4)
+    code = next(cell for cell in executed.cells if cell.cell_type == "code")
+    printed = "".join(output.get("text", "") for output in code.outputs)
+    assert "fast cpu" in printed
+    assert "probe-bar" not in printed, "the library's progress belongs on the console, not in the notebook"
+    assert "probe-bar" in capfd.readouterr().err
+    assert json.loads(times.read_text())["fast"]["probe"]["by"] == "stagewise run"
+
+
+def test_run_reports_a_failing_cell_and_keeps_the_notebook(tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("STAGEWISE_PROFILE", "fast")
+    monkeypatch.setenv(cli.DEVICE_ENV, "cpu")
+    chapter = fake_chapter(tmp_path, "raise ValueError('boom')")
+    times = tmp_path / "times.json"
+    assert cli.command_run(chapter, "fast", "cpu", tmp_path / "out", times=times) == 1
+    assert "failed in cell" in capfd.readouterr().err
+    assert (tmp_path / "out" / "probe.ipynb").exists()
+    assert not times.exists(), "a failed run is not a measured time"
+
+
+def test_run_writes_the_executed_chapter_and_its_labelled_figures(tmp_path):
+    result = stagewise("run", "theory", "--profile", "fast", "--out", str(tmp_path),
+                       STAGEWISE_CACHE=str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    notebook = nbformat.read(tmp_path / "theory.ipynb", as_version=4)
+    assert any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
+    figures = sorted(path.name for path in tmp_path.glob("*.png"))
+    assert {"fig-theory-weights.png", "fig-theory-terms.png", "fig-theory-mc.png"} <= set(figures), figures
+    for name in figures:
+        assert (tmp_path / name).stat().st_size > 10_000
+    assert "theory: " in result.stderr and "cell" in result.stderr   # the progress bar over cells
+
+
+def test_progress_goes_to_the_named_file(tmp_path, monkeypatch):
+    log = tmp_path / "progress.log"
+    monkeypatch.setenv(PROGRESS_ENV, str(log))
+    assert sum(progress(range(4), desc="counting")) == 6
+    announce("chapter done")
+    text = log.read_text()
+    assert "counting" in text and "4/4" in text and "chapter done" in text
+
+
+def test_progress_without_destination_writes_to_stderr(capsys, monkeypatch):
+    monkeypatch.delenv(PROGRESS_ENV, raising=False)
+    list(progress(range(3), desc="to-stderr"))
+    announce("a line")
+    captured = capsys.readouterr()
+    assert "to-stderr" in captured.err and "a line" in captured.err and captured.out == ""
