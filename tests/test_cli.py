@@ -103,7 +103,7 @@ def test_run_reports_a_failing_cell_and_keeps_the_notebook(tmp_path, capfd, monk
 
 def test_run_writes_the_executed_chapter_and_its_labelled_figures(tmp_path):
     result = stagewise("run", "theory", "--profile", "fast", "--out", str(tmp_path),
-                       STAGEWISE_CACHE=str(tmp_path / "cache"))
+                       STAGEWISE_CACHE=str(tmp_path / "cache"), STAGEWISE_TIMES=str(tmp_path / "times.json"))
     assert result.returncode == 0, result.stderr[-2000:]
     notebook = nbformat.read(tmp_path / "theory.ipynb", as_version=4)
     assert any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
@@ -112,6 +112,7 @@ def test_run_writes_the_executed_chapter_and_its_labelled_figures(tmp_path):
     for name in figures:
         assert (tmp_path / name).stat().st_size > 10_000
     assert "theory: " in result.stderr and "cell" in result.stderr   # the progress bar over cells
+    assert "theory" in json.loads((tmp_path / "times.json").read_text())["fast"]  # the tracked table is untouched
 
 
 def test_progress_goes_to_the_named_file(tmp_path, monkeypatch):

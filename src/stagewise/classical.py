@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev
-from tqdm.auto import tqdm
+from stagewise.progress import progress as progress_bar
 
 
 @dataclass
@@ -95,7 +95,7 @@ def damped_influence(
         negative_fraction=np.empty(K),
         gradient_products=np.empty((K, N, N)),
     )
-    for k, checkpoint in enumerate(tqdm(checkpoints, disable=not progress, desc="classical IF", leave=False)):
+    for k, checkpoint in enumerate(progress_bar(checkpoints, disable=not progress, desc="classical IF", leave=False)):
         theta = torch.cat([torch.as_tensor(checkpoint[name], device=inputs.device).reshape(-1) for name in names]).double()
         gradients = jacrev(per_sample_losses)(theta)  # (N, d)
         H = jacrev(jacrev(lambda t: per_sample_losses(t).sum()))(theta)  # faster here than jacfwd(jacrev)

@@ -268,4 +268,6 @@ def main(argv: list[str] | None = None) -> int:
     _choose("device", args.device, valid_devices())
     chapter = by_name[args.chapter]
     out = args.out if args.out is not None else ROOT / "_build" / "run" / chapter.name
-    return command_run(chapter, args.profile, args.device, out)
+    # like the book build, record where $STAGEWISE_TIMES points (default: the table `list` reads)
+    times = Path(os.environ.get("STAGEWISE_TIMES", "").strip() or TIMES)
+    return command_run(chapter, args.profile, args.device, out, times)

@@ -41,7 +41,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.data import DataLoader, Dataset, default_collate
-from tqdm.auto import tqdm
+from stagewise.progress import progress as progress_bar
 
 from stagewise.distributed import all_gather, rank_and_size, share
 
@@ -434,7 +434,7 @@ def _run_chains(
     trace = torch.empty(S, T, dtype=dtype, device=device)
     sampled = observed = None
     steps = config.burn_in + T
-    bar = tqdm(range(steps), disable=not progress, desc=f"SGLD ({S} checkpoint × chain sets)", leave=False)
+    bar = progress_bar(range(steps), disable=not progress, desc=f"SGLD ({S} checkpoint × chain sets)", leave=False)
     for step in bar:
         if full_batch:
             batch = data

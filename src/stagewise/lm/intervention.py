@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from scipy import stats
-from tqdm.auto import tqdm
+from stagewise.progress import progress as progress_bar
 
 from stagewise.lm.experiment import LanguageModelRun, branch_run
 from stagewise.lm.induction import InductionCurves, induction_curves
@@ -175,7 +175,7 @@ def boost_scan(run: LanguageModelRun, scan: BoostScan, probe: torch.Tensor, prog
 
     jobs = [(None, seed) for seed in scan.seeds] + [(w, seed) for w in scan.windows() for seed in scan.seeds]
     curves = {}
-    for window, seed in tqdm(jobs, desc="boost scan arms", disable=not progress):
+    for window, seed in progress_bar(jobs, desc="boost scan arms", disable=not progress):
         curves[window, seed] = arm(window[0] if window else starts[0], seed, window)
     return ScanResult(scan=scan, extra_sequences=scan.extra_sequences(model),
                       control=[curves[None, seed] for seed in scan.seeds],

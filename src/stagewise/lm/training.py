@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from stagewise.progress import progress as progress_bar
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 LR_SCHEDULES = ("cosine", "constant")
@@ -171,7 +171,7 @@ def train_language_model(config: LMConfig, stream: torch.Tensor, directory: str 
     branch_step, branch_seed = config.branch if config.branch is not None else (None, None)
     saves = set(checkpoint_schedule(config.steps, config.checkpoint_interval, branch_step))
     model.train()
-    bar = tqdm(range(start, config.steps + 1), initial=start, total=config.steps + 1, disable=not progress,
+    bar = progress_bar(range(start, config.steps + 1), initial=start, total=config.steps + 1, disable=not progress,
                desc="training", leave=False)
     for step in bar:
         if step in saves:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from stagewise.progress import progress as progress_bar
 
 from stagewise.influence import BIFTrajectory, bif_matrix, bif_trajectory, trace_correlation
 from stagewise.sampling import LossDraws, SamplerDivergence, SGLDConfig, sample_losses
@@ -118,7 +118,7 @@ def hyperparameter_sweep(
     result = np.full((len(epsilons), len(nbetas), len(gammas)), np.nan)
     grid = list(itertools.product(enumerate(epsilons), enumerate(nbetas), enumerate(gammas)))
     queries = [j for j in range(reference.shape[1]) if j != source]
-    for (a, epsilon), (b, nbeta), (c, gamma) in tqdm(grid, desc="sweep", leave=False, disable=not progress):
+    for (a, epsilon), (b, nbeta), (c, gamma) in progress_bar(grid, desc="sweep", leave=False, disable=not progress):
         config = replace(base, epsilon=epsilon, nbeta=nbeta, gamma=gamma)
         try:  # stops at the first diverging chain, which makes the unstable cells cheap
             draws = experiment.sample_posterior(config, stride, progress=False, device=device)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from stagewise.progress import progress as progress_bar
 
 from stagewise.toy.data import Hierarchy
 
@@ -169,7 +169,7 @@ def train_linear_network(
     saved1 = torch.empty(runs, len(record), *W1.shape[1:], dtype=torch.float64, device=device) if record_weights else None
     saved2 = torch.empty(runs, len(record), *W2.shape[1:], dtype=torch.float64, device=device) if record_weights else None
     scale = config.learning_rate * 2.0 / (n_items * n_outputs)
-    for epoch in tqdm(range(config.epochs + 1), disable=not progress, desc="training", leave=False):
+    for epoch in progress_bar(range(config.epochs + 1), disable=not progress, desc="training", leave=False):
         hidden = W1 @ X.T  # (R, hidden, N)
         residual = W2 @ hidden - Y.T  # (R, O, N)
         if epoch in slot:
