@@ -223,6 +223,7 @@ def test_bif_trajectory_reports_health_per_checkpoint():
     assert result.bif.shape == (2, 16, 16) and result.loss_trace.shape == (2, 3, 40) and result.rhat.shape == (2,)
     assert result.verdicts == ["healthy", "diverged"] and not result.healthy
     assert torch.isnan(result.bif[1]).all() and torch.isfinite(result.bif[0]).all()
+    assert result.summary().startswith("2 checkpoints: 1 healthy, 1 diverged")
     assert "checkpoint 1: diverged" in result.summary()
     with pytest.raises(SamplerDivergence, match="checkpoint 1"):
         sample_losses(Linear(2), cliff, rows, config, checkpoints=checkpoints, progress=False)

@@ -106,10 +106,15 @@ class BIFTrajectory:
         return all(verdict == HEALTHY for verdict in self.verdicts)
 
     def summary(self) -> str:
-        """One line per checkpoint that is not healthy (empty when all are)."""
+        """A line counting the verdicts (with the largest R̂), then one line per checkpoint that
+        is not healthy."""
         indices = self.draws.checkpoint_indices or range(len(self.verdicts))
-        return "\n".join(f"checkpoint {k}: {verdict} (R-hat {rhat:.3f})"
-                         for k, verdict, rhat in zip(indices, self.verdicts, self.rhat.tolist()) if verdict != HEALTHY)
+        counts = ", ".join(f"{self.verdicts.count(v)} {v}" for v in (HEALTHY, DIVERGED, TOO_LITTLE_SIGNAL)
+                           if v in self.verdicts)
+        rhat = self.rhat[torch.isfinite(self.rhat)]
+        head = f"{len(self.verdicts)} checkpoints: {counts}" + (f"; largest R-hat {rhat.max():.3f}" if len(rhat) else "")
+        return "\n".join([head] + [f"checkpoint {k}: {verdict} (R-hat {r:.3f})"
+                                    for k, verdict, r in zip(indices, self.verdicts, self.rhat.tolist()) if verdict != HEALTHY])
 
 
 def _verdicts(draws: LossDraws) -> list[str]:

@@ -92,8 +92,7 @@ def main() -> None:
     run = experiment()
     result = bif_trajectory(run, bif_setting())
     if rank == 0:
-        print(f"{len(run.epochs)} checkpoints on {size} process(es), {device().type}: "
-              f"{result.verdicts.count('healthy')} healthy; {result.summary() or 'all healthy'}")
+        print(f"on {size} process(es), {device().type}: {result.summary()}")
 
 
 if __name__ == "__main__":

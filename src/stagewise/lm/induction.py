@@ -66,11 +66,16 @@ def training_mix_sequences(model: LMConfig, stream: torch.Tensor, count: int, le
     return training_batch(mix, stream, 0, torch.Generator().manual_seed(seed))
 
 
+def _model_device(model: torch.nn.Module, fallback: torch.device) -> torch.device:
+    """Where ``model``'s weights live (``fallback`` for a model without parameters)."""
+    return next((p.device for p in model.parameters()), fallback)
+
+
 def induction_scores(model: torch.nn.Module, probe: torch.Tensor) -> np.ndarray:
     """Mean attention from each token of the repeated half to the token after its first
     occurrence, per head: ``(layers, heads)``, in [0, 1]; ``probe`` from :func:`repeated_sequences`."""
     half = probe.shape[1] // 2
-    device = next(model.parameters()).device
+    device = _model_device(model, probe.device)
     with torch.no_grad():
         attentions = model(input_ids=probe.to(device), output_attentions=True).attentions  # layers × (B, H, L, L)
     queries = torch.arange(half, 2 * half - 1, device=device)
@@ -81,7 +86,7 @@ def in_context_loss_drop(model: torch.nn.Module, probe: torch.Tensor) -> float:
     """Mean loss on the first half minus mean loss on the predictable repeated tokens (nats)."""
     half = probe.shape[1] // 2
     with torch.no_grad():
-        losses = token_losses(model, probe.to(next(model.parameters()).device))  # target t + 1 at column t
+        losses = token_losses(model, probe.to(_model_device(model, probe.device)))  # target t + 1 at column t
     return float(losses[:, : half - 1].mean() - losses[:, half:].mean())
 
 
