@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from stagewise.groups import (group_correlation, knn_class_recall, knn_recall_test, same_label_pair_share,
-                             standardized_losses)
+from stagewise.groups import (group_correlation, knn_class_recall, knn_neighbours, knn_recall_test, random_neighbours,
+                              recall_from_neighbours, same_label_pair_share, standardized_losses)
 from stagewise.influence import bif_matrix
 
 
@@ -121,3 +121,39 @@ def test_same_label_pair_share_counts_pairs_of_copies():
     np.testing.assert_allclose(same_label_pair_share(membership, ids), [1 / 3, 1.0])
     draws, membership, ids = identity_only_draws()
     assert same_label_pair_share(membership, ids)[0] == pytest.approx(4 * 10 * 9 / (40 * 39))
+
+
+def few_id_noise(seed: int = 4) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Pure-noise draws of 600 tokens whose first class is made of two frequent token ids (as
+    formatting or delimiters are), the others of many rare ids."""
+    rng = np.random.default_rng(seed)
+    n = 600
+    ids = np.where(np.arange(n) < 80, np.arange(n) % 2, 2 + rng.integers(0, 300, n))
+    membership = np.stack([ids < 2, rng.random(n) < 0.1, rng.random(n) < 0.4], axis=1)
+    return torch.tensor(rng.normal(size=(2, 100, n))), membership, ids
+
+
+def test_knn_null_with_different_id_neighbours_holds_a_class_of_few_ids():
+    # Shuffling the membership would carry the class away from its two ids while the exclusion
+    # stays with them: its null would sit above what noise gives (recall below the band).
+    draws, membership, ids = few_id_noise()
+    test = knn_recall_test(draws, membership, k=30, exclude_same=ids, permutations=200)
+    low, high = test.null_band(0.99)
+    assert np.all((test.recall >= low) & (test.recall <= high)), (test.recall, low, high)
+    neighbours = knn_neighbours(draws, 30, ids)
+    rng = np.random.default_rng(0)
+    shuffled = np.array([recall_from_neighbours(neighbours, membership[rng.permutation(600)]) for _ in range(200)])
+    assert test.recall[0] < np.quantile(shuffled[:, 0], 0.005), "the shuffled-membership null is biased here"
+
+
+def test_random_neighbours_respect_every_exclusion():
+    ids = np.arange(200) % 7
+    sequences = np.arange(200) // 20
+    neighbours = random_neighbours(200, 25, (ids, sequences), torch.Generator().manual_seed(1))
+    assert neighbours.shape == (200, 25)
+    assert all(len(set(row.tolist())) == 25 for row in neighbours)  # distinct
+    rows = np.arange(200)[:, None]
+    assert not np.any(neighbours.numpy() == rows)
+    assert not np.any(ids[neighbours.numpy()] == ids[rows]) and not np.any(sequences[neighbours.numpy()] == sequences[rows])
+    found = knn_neighbours(torch.randn(2, 30, 200), 25, (ids, sequences)).numpy()
+    assert not np.any(ids[found] == ids[rows]) and not np.any(sequences[found] == sequences[rows])

@@ -131,10 +131,12 @@ def synthetic_scan(saving_per_sequence, seeds=6, noise=3.0, seed=0):
         best = 0.1 + 0.8 / (1 + np.exp(-(steps - midpoint) / 60))
         return InductionCurves(steps, best[:, None, None], np.zeros(len(steps)))
 
-    control_midpoints = 2300 + 40 * rng.normal(size=seeds)
-    control = [curve(m) for m in control_midpoints]
-    boosted = [[curve(m - saving_per_sequence(start) * dose + noise * rng.normal()) for m in control_midpoints]
-               for start in scan.starts]
+    # each start continues its own state of the baseline: a shared shift per start, which the
+    # paired control carries too
+    midpoints = 2300 + 40 * rng.normal(size=(len(scan.starts), 1)) + 10 * rng.normal(size=(len(scan.starts), seeds))
+    control = [[curve(m + noise * rng.normal()) for m in row] for row in midpoints]
+    boosted = [[curve(m - saving_per_sequence(start) * dose + noise * rng.normal()) for m in row]
+               for start, row in zip(scan.starts, midpoints)]
     return ScanResult(scan=scan, extra_sequences=dose, control=control, boosted=boosted)
 
 
@@ -164,9 +166,11 @@ def test_scan_profile_rejects_unreached_events_and_single_seeds():
     from stagewise.lm.intervention import scan_profile
 
     with pytest.raises(ValueError, match="never reached"):
-        scan_profile([1, 2], np.array([10.0, 11.0]), np.array([[9.0, np.nan], [8.0, 9.0]]), 5)
+        scan_profile([1, 2], np.full((2, 2), 10.0), np.array([[9.0, np.nan], [8.0, 9.0]]), 5)
     with pytest.raises(ValueError, match="seeds >= 2"):
-        scan_profile([1, 2], np.array([10.0]), np.array([[9.0], [8.0]]), 5)
+        scan_profile([1, 2], np.array([[10.0], [10.0]]), np.array([[9.0], [8.0]]), 5)
+    with pytest.raises(ValueError, match="paired"):  # one control per seed is not a paired design
+        scan_profile([1, 2], np.array([10.0, 11.0]), np.array([[9.0, 9.5], [8.0, 9.0]]), 5)
 
 
 def test_boost_scan_rejects_windows_off_the_kept_states_or_past_the_stop():

@@ -89,25 +89,61 @@ def same_label_pair_share(membership: np.ndarray, labels: np.ndarray) -> np.ndar
         return np.where(size > 1, ((counts**2).sum(axis=1) - size) / (size * (size - 1)), np.nan)
 
 
-def knn_neighbours(draws: torch.Tensor, k: int = 30, exclude_same: np.ndarray | None = None,
+Exclusion = np.ndarray | tuple[np.ndarray, ...] | None
+"""Labels that rule out neighbours: one ``(n,)`` array (e.g. token ids), several (e.g. token
+ids and sequence indices: a neighbour is ruled out when any label matches), or ``None``."""
+
+
+def _exclusion_labels(exclude_same: Exclusion, n: int) -> list[torch.Tensor]:
+    if exclude_same is None:
+        return []
+    arrays = exclude_same if isinstance(exclude_same, tuple) else (exclude_same,)
+    return [_labels(labels, n) for labels in arrays]
+
+
+def knn_neighbours(draws: torch.Tensor, k: int = 30, exclude_same: Exclusion = None,
                    block: int = 1024) -> torch.Tensor:
     """Each token's ``k`` most correlated other tokens by loss, ``(n, k)`` indices.
 
-    ``exclude_same`` (``(n,)`` labels, e.g. token ids) also rules out tokens with the token's own
-    label.  Found in blocks of ``block`` rows, so memory is ``O(block · n)``."""
+    ``exclude_same`` (``(n,)`` labels such as token ids, or a tuple of such arrays) also rules
+    out tokens that share a label with the token.  Found in blocks of ``block`` rows, so memory
+    is ``O(block · n)``."""
     Z = standardized_losses(draws)
     n = Z.shape[0]
-    labels = _labels(exclude_same, n)
-    eligible = n - int(torch.bincount(labels).max())
+    labels = _exclusion_labels(exclude_same, n)
+    eligible = n - 1 - sum(int(torch.bincount(lab).max()) - 1 for lab in labels)  # at least this many per token
     if not 0 < k <= eligible:
-        raise ValueError(f"need 0 < k <= {eligible} (tokens with another label than the most common one), got k = {k}")
+        raise ValueError(f"need 0 < k <= {eligible} (tokens sharing no label with the most common ones), got k = {k}")
     neighbours = torch.empty(n, k, dtype=torch.long)
     for start in range(0, n, block):
         rows = torch.arange(start, min(start + block, n))
         similarity = Z[rows] @ Z.T
-        similarity[labels[rows][:, None] == labels[None, :]] = -float("inf")  # self, and same label
+        similarity[torch.arange(len(rows)), rows] = -float("inf")  # self
+        for lab in labels:
+            similarity[lab[rows][:, None] == lab[None, :]] = -float("inf")  # same label
         neighbours[rows] = similarity.topk(k, dim=1).indices
     return neighbours
+
+
+def random_neighbours(n: int, k: int, exclude_same: Exclusion, generator: torch.Generator) -> torch.Tensor:
+    """``k`` distinct neighbours drawn at random for each of ``n`` tokens, among the tokens that
+    share no label with it (and are not itself): ``(n, k)`` indices.  The neighbours of a vote
+    that knows nothing about the losses, with the same exclusions as :func:`knn_neighbours`."""
+    labels = _exclusion_labels(exclude_same, n)
+    rows = torch.arange(n)[:, None]
+    neighbours = torch.randint(n, (n, k), generator=generator)
+    for _ in range(10_000):
+        invalid = neighbours == rows
+        for lab in labels:
+            invalid |= lab[neighbours] == lab[:, None]
+        ordered, order = neighbours.sort(dim=1)
+        repeated = torch.zeros_like(invalid)
+        repeated.scatter_(1, order[:, 1:], ordered[:, 1:] == ordered[:, :-1])  # later copies of a neighbour
+        invalid |= repeated
+        if not bool(invalid.any()):
+            return neighbours
+        neighbours[invalid] = torch.randint(n, (int(invalid.sum()),), generator=generator)
+    raise ValueError(f"cannot draw {k} distinct eligible neighbours for every token; use a smaller k")
 
 
 def recall_from_neighbours(neighbours: torch.Tensor, membership: np.ndarray) -> np.ndarray:
@@ -129,7 +165,7 @@ def recall_from_neighbours(neighbours: torch.Tensor, membership: np.ndarray) -> 
     return recall - (counts / n).numpy()
 
 
-def knn_class_recall(draws: torch.Tensor, membership: np.ndarray, k: int = 30, exclude_same: np.ndarray | None = None,
+def knn_class_recall(draws: torch.Tensor, membership: np.ndarray, k: int = 30, exclude_same: Exclusion = None,
                      block: int = 1024) -> np.ndarray:
     """Same-class recall minus class rate of a ``k``-nearest-neighbour vote by loss correlation
     (paper App. D.1.3): ``(A,)``.  Its value for neighbours unrelated to the classes is *not* 0
@@ -144,8 +180,8 @@ class KNNRecall:
     recall: np.ndarray
     """``(A,)`` recall minus class rate."""
     null: np.ndarray
-    """``(P, A)`` the same with the rows of the class membership shuffled ``P`` times (the
-    neighbours kept): what the vote gives when the classes have nothing to do with influence."""
+    """``(P, A)`` the same vote ``P`` times with neighbours that know nothing of the losses (see
+    :func:`knn_recall_test`): what it gives when the classes have nothing to do with influence."""
 
     @property
     def null_mean(self) -> np.ndarray:
@@ -163,15 +199,26 @@ class KNNRecall:
         return self.recall - self.null_mean
 
 
-def knn_recall_test(draws: torch.Tensor, membership: np.ndarray, k: int = 30, exclude_same: np.ndarray | None = None,
+def knn_recall_test(draws: torch.Tensor, membership: np.ndarray, k: int = 30, exclude_same: Exclusion = None,
                     permutations: int = 200, seed: int = 0, block: int = 1024) -> KNNRecall:
-    """:func:`knn_class_recall` and its null from ``permutations`` shufflings of the membership
-    rows (which keeps the classes' sizes and overlaps); the neighbours are found once."""
+    """:func:`knn_class_recall` beside its null, ``permutations`` times.
+
+    Without ``exclude_same`` the null shuffles the rows of the membership (which keeps the
+    classes' sizes and overlaps) under the neighbours found once.  With it, shuffling would be
+    wrong: the shuffle moves a class away from its token ids while the exclusion stays with the
+    ids, so a class made of a few ids, which can never vote for itself through its own copies,
+    could in the shuffled data, and the null would sit too high.  The null then keeps the
+    membership and draws each token's ``k`` neighbours at random among the tokens it may have
+    as neighbours (:func:`random_neighbours`)."""
     if permutations < 1:
         raise ValueError(f"need at least one permutation, got {permutations}")
     member = np.asarray(membership, dtype=bool)
     neighbours = knn_neighbours(draws, k, exclude_same, block)
-    rng = np.random.default_rng(seed)
-    null = np.array([recall_from_neighbours(neighbours, member[rng.permutation(len(member))])
-                     for _ in range(permutations)])
-    return KNNRecall(recall_from_neighbours(neighbours, member), null)
+    if exclude_same is None:
+        rng = np.random.default_rng(seed)
+        null = [recall_from_neighbours(neighbours, member[rng.permutation(len(member))]) for _ in range(permutations)]
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        null = [recall_from_neighbours(random_neighbours(len(member), k, exclude_same, generator), member)
+                for _ in range(permutations)]
+    return KNNRecall(recall_from_neighbours(neighbours, member), np.array(null))

@@ -3,13 +3,20 @@ formation more inside the window in which induction heads form than before it?
 
 A fair test compares equal doses given at different stages.  :func:`boost_scan` gives a short,
 mild boost (a few more repeated sequences per batch, for ``length`` steps) starting at each of
-several steps before and through the formation window.  Every boosted arm branches from the
-baseline run's kept state at the start of its window, so it shares the baseline's batches up to
-its window; an unboosted control branches at the earliest start with the same data seed.  The
-outcome is the step at which a *late* level of the best head's induction score is reached,
-after every window has ended, and the effect is the steps saved against the control per extra
-repeated sequence.  :func:`scan_profile` sets that profile beside the dose-only null, in which
-a boosted sequence saves the same number of steps whenever it is given (a flat profile).
+several steps before and through the formation window.  Every arm branches from the baseline
+run's kept state at the start of its window, so it shares the baseline's batches up to its
+window; beside every boosted arm an unboosted control branches at the same start with the same
+data seed (it shares the arm's batches until the first boosted step, after which the boosted
+batches draw more repeated rows and the streams part).  Pairing at every start matters: all
+seeds of a start continue one realisation of the baseline, so a control branched at the
+earliest start only would leave the baseline's own variation between the starts out of the
+seeds' spread.  The outcome is the step at which a *late* level of the best head's induction
+score is reached, after every window has ended, and the effect is the steps saved against the
+paired control per extra repeated sequence.  :func:`scan_profile` sets that profile beside the
+dose-only null in which a boosted sequence saves the same number of steps whenever it is given
+(a flat profile).  A dose that buys a fixed amount of *progress* instead predicts more steps
+saved where natural progress is slow (on a plateau): a falling profile does not by itself show
+a stage-specific sensitivity.
 """
 
 from __future__ import annotations
@@ -68,15 +75,15 @@ class ScanResult:
 
     scan: BoostScan
     extra_sequences: int
-    control: list[InductionCurves]
-    """One per seed."""
+    control: list[list[InductionCurves]]
+    """``[start][seed]``: the unboosted control paired with each boosted arm."""
     boosted: list[list[InductionCurves]]
     """``[start][seed]``."""
 
     def event_steps(self, level: float) -> tuple[np.ndarray, np.ndarray]:
-        """Step at which the best head's score reaches ``level``: control ``(seeds,)`` and boosted
-        arms ``(starts, seeds)``; ``nan`` where it is not reached by :attr:`BoostScan.stop`."""
-        control = np.array([c.crossing_step(level) for c in self.control])
+        """Step at which the best head's score reaches ``level``: paired controls and boosted
+        arms, each ``(starts, seeds)``; ``nan`` where it is not reached by :attr:`BoostScan.stop`."""
+        control = np.array([[c.crossing_step(level) for c in arm] for arm in self.control])
         boosted = np.array([[c.crossing_step(level) for c in arm] for arm in self.boosted])
         return control, boosted
 
@@ -88,7 +95,7 @@ class ScanProfile:
     starts: np.ndarray
     """``(W,)`` first step of each window."""
     saved: np.ndarray
-    """``(W, seeds)`` steps saved against the seed's control, per extra repeated sequence."""
+    """``(W, seeds)`` steps saved against the paired control, per extra repeated sequence."""
     confidence: float
     mean: np.ndarray
     """``(W,)`` mean over seeds."""
@@ -98,8 +105,8 @@ class ScanProfile:
     """The dose-only null: the same saving at every start (the mean of all arms)."""
     slope: float
     """Change of the saving per 1000 steps of later start: the mean over seeds of each seed's
-    least-squares slope (the seed's control cancels in it).  0 under the null; positive if a
-    boost helps more the later (the closer to formation) it is given."""
+    least-squares slope.  0 under the null; positive if a boost helps more the later (the
+    closer to formation) it is given."""
     slope_interval: tuple[float, float]
     """t-interval of :attr:`slope` at :attr:`confidence`, over seeds."""
 
@@ -125,18 +132,19 @@ def _t_interval(values: np.ndarray, confidence: float, axis: int = -1) -> tuple[
 def scan_profile(starts: Sequence[int], control_events: np.ndarray, boosted_events: np.ndarray, extra_sequences: int,
                  confidence: float = 0.9) -> ScanProfile:
     """The profile of a scan from its event steps (:meth:`ScanResult.event_steps`): ``starts``
-    ``(W,)``, ``control_events`` ``(seeds,)``, ``boosted_events`` ``(W, seeds)``; needs two seeds
-    or more and every event reached."""
+    ``(W,)``, paired ``control_events`` and ``boosted_events``, each ``(W, seeds)``; needs two
+    starts, two seeds or more and every event reached."""
     starts = np.asarray(starts, dtype=float)
     control, boosted = np.asarray(control_events, dtype=float), np.asarray(boosted_events, dtype=float)
-    if boosted.shape != (len(starts), len(control)) or len(control) < 2 or len(starts) < 2:
-        raise ValueError(f"need boosted events (starts = {len(starts)}, seeds >= 2) and starts >= 2, "
-                         f"got {boosted.shape} for {len(control)} control seeds")
+    if boosted.ndim != 2 or boosted.shape != control.shape or boosted.shape[0] != len(starts) \
+            or boosted.shape[1] < 2 or len(starts) < 2:
+        raise ValueError(f"need paired control and boosted events of shape (starts = {len(starts)} >= 2, seeds >= 2), "
+                         f"got {control.shape} and {boosted.shape}")
     if np.isnan(control).any() or np.isnan(boosted).any():
         raise ValueError("an arm never reached the level: train longer (BoostScan.stop) or pick a lower level")
     if extra_sequences <= 0:
         raise ValueError(f"the boost must add repeated sequences, got {extra_sequences}")
-    saved = (control[None, :] - boosted) / extra_sequences
+    saved = (control - boosted) / extra_sequences
     low, high = _t_interval(saved, confidence, axis=1)
     x = (starts - starts.mean()) / 1000
     slopes = (x[:, None] * (saved - saved.mean(axis=0))).sum(axis=0) / (x**2).sum()  # (seeds,)
@@ -147,8 +155,8 @@ def scan_profile(starts: Sequence[int], control_events: np.ndarray, boosted_even
 
 
 def boost_scan(run: LanguageModelRun, scan: BoostScan, probe: torch.Tensor, progress: bool = True) -> ScanResult:
-    """Train the control and every boosted arm of ``scan`` for every seed (each cached as a run)
-    and measure induction on ``probe`` at their checkpoints.  ``run`` must have kept its training
+    """Train every boosted arm of ``scan`` and its paired unboosted control, for every seed (each
+    cached as a run), and measure induction on ``probe`` at their checkpoints.  ``run`` must have kept its training
     state (``prepare_run(..., keep_states=True)``) at every window start."""
     model = run.config.model
     starts = list(scan.starts)
@@ -166,17 +174,18 @@ def boost_scan(run: LanguageModelRun, scan: BoostScan, probe: torch.Tensor, prog
                          f"{model.batch_size} with {model.repeated_fraction:.0%} repeated")
 
     def arm(start: int, seed: int, window: tuple[int, int] | None) -> InductionCurves:
-        # the branch seed depends on the start, so no two arms reuse one stream of batches
+        # the branch seed depends on the start, so arms of different starts do not reuse one stream
+        # of batches, while an arm and its control (same start and seed) share theirs
         config = replace(model, steps=scan.stop, checkpoint_interval=scan.checkpoint_interval,
                          branch=(start, 1000 * seed + start // model.checkpoint_interval),
                          boost_window=window, boosted_fraction=scan.boosted_fraction if window else 0.0)
         checkpoints = branch_run(run, config, progress=False)
         return induction_curves(checkpoints.load, [s for s in checkpoints.steps if s >= start], probe)
 
-    jobs = [(None, seed) for seed in scan.seeds] + [(w, seed) for w in scan.windows() for seed in scan.seeds]
+    jobs = [(w, seed, boosted) for w in scan.windows() for seed in scan.seeds for boosted in (False, True)]
     curves = {}
-    for window, seed in progress_bar(jobs, desc="boost scan arms", disable=not progress):
-        curves[window, seed] = arm(window[0] if window else starts[0], seed, window)
+    for window, seed, boosted in progress_bar(jobs, desc="boost scan arms", disable=not progress):
+        curves[window, seed, boosted] = arm(window[0], seed, window if boosted else None)
     return ScanResult(scan=scan, extra_sequences=scan.extra_sequences(model),
-                      control=[curves[None, seed] for seed in scan.seeds],
-                      boosted=[[curves[w, seed] for seed in scan.seeds] for w in scan.windows()])
+                      control=[[curves[w, seed, False] for seed in scan.seeds] for w in scan.windows()],
+                      boosted=[[curves[w, seed, True] for seed in scan.seeds] for w in scan.windows()])
