@@ -26,8 +26,9 @@ from stagewise.lm.training import LMConfig
 from stagewise.profiles import LM_SOURCE_ENV, LanguageModelSizes, Profile, get_profile
 from stagewise.sampling import SGLDConfig
 
-__all__ = ["PAPER_SAMPLER", "PILE_ENV", "LanguageModelRun", "TokenInfluenceConfig", "branch_run", "lm_source",
-           "prepare_run", "study_config", "study_sizes", "token_draws"]
+# The domain's LanguageModelRun, TokenInfluenceConfig and branch_run are importable from here too,
+# but documented once, in stagewise.lm.
+__all__ = ["PAPER_SAMPLER", "PILE_ENV", "lm_source", "prepare_run", "study_config", "study_sizes", "token_draws"]
 
 PILE_ENV = "STAGEWISE_PILE"
 PAPER_SAMPLER: dict[str, float] = {"epsilon": 1e-6, "nbeta": 256, "gamma": 1000}
