@@ -163,6 +163,20 @@ def test_kernel_update_is_the_formula():
     assert torch.equal(state.w, torch.tensor([[1.5, -1.0]], dtype=torch.float64))  # pure: the input is untouched
 
 
+def test_plain_sgld_kernel_has_no_preconditioner():
+    config = SGLDConfig(epsilon=0.01, nbeta=7.0, gamma=3.0, preconditioner="none")
+    center = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
+    state = SGLDState(torch.tensor([[1.5, -1.0]], dtype=torch.float64), torch.tensor([[0.04, 1.0]], dtype=torch.float64))
+    g = torch.tensor([[0.3, -2.0]], dtype=torch.float64)
+    xi = torch.tensor([[0.7, -1.1]], dtype=torch.float64)
+    new = sgld_update(state, g, center, xi, config)
+    expected = state.w - 0.005 * (7.0 * g + 3.0 * (state.w - center)) + 0.1 * xi
+    torch.testing.assert_close(new.w, expected, rtol=1e-12, atol=0)
+    assert torch.equal(new.V, state.V)
+    with pytest.raises(ValueError, match="preconditioner"):
+        SGLDConfig(epsilon=0.01, nbeta=7.0, gamma=3.0, preconditioner="adam")
+
+
 def test_streams_depend_on_the_checkpoint_index_not_on_the_company():
     model = nn.Linear(3, 2).double()
     x, y = torch.randn(10, 3, dtype=torch.float64), torch.randn(10, 2, dtype=torch.float64)

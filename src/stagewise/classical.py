@@ -1,4 +1,5 @@
-"""Classical influence functions with damping, at every checkpoint (paper App. C.4).
+"""Classical influence functions with damping, at every checkpoint (paper App. C.4), and the
+Gaussian (Laplace) limit of the local BIF, which is one of them.
 
     IF_t(i → j) = −∇ℓ_j(w_t)ᵀ (M + λI)⁻¹ ∇ℓ_i(w_t),     λ = α·ρ,  ρ = max |eig(M)|,
 
@@ -6,19 +7,32 @@ with ``M`` the Hessian ``H`` of the total loss ``Σ_i ℓ_i`` or its Gauss–New
 ``G = Σ_i J_iᵀ J_i`` (for squared-error losses ``ℓ_i = ½‖f(x_i) − y_i‖²``, whose output
 Hessian is the identity).  One eigendecomposition per checkpoint serves every ``α``.  Sign as
 for the BIF: negative means upweighting ``i`` helps ``j``.
+
+If the local posterior ``exp(−nβ L(w) − (γ/2)‖w − w*‖²)`` (``L`` the mean loss over the ``n``
+samples) is replaced by its Gaussian approximation at ``w*``, its covariance is
+``(γI + nβ H_L)⁻¹`` and, to first order in ``w − w*``,
+
+    BIF(i, j) ≈ −∇ℓ_iᵀ (γI + nβ H_L)⁻¹ ∇ℓ_j = −(n/nβ) ∇ℓ_iᵀ (H + (nγ/nβ) I)⁻¹ ∇ℓ_j,
+
+the damped-Hessian influence function with the damping ``λ = nγ/nβ`` fixed by the sampler
+(:meth:`LocalCurvature.laplace_bif`).  For ``γ ≫ nβ·ρ_L`` it becomes the gradient product
+``−∇ℓ_i·∇ℓ_j/γ``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, jacrev
+from torch.func import functional_call, jacfwd, jacrev
+from torch.utils._pytree import tree_map
+
 from stagewise.progress import progress as progress_bar
+from stagewise.sampling import LossFn, PerSampleLoss, as_tensors
 
 
 @dataclass
@@ -105,3 +119,133 @@ def damped_influence(
         result.negative_fraction[k] = np.mean(eigenvalues < -1e-8 * result.hessian_radius[k])
         result.gradient_products[k] = -(gradients @ gradients.T).cpu().numpy()
     return result
+
+
+@dataclass
+class LocalCurvature:
+    """The Hessian of the mean loss ``L = (1/n) Σ_i ℓ_i`` at ``K`` checkpoints, diagonalised, with
+    the per-sample gradients in its eigenbasis.
+
+    ``eigenvalues``: ``(K, d)`` of ``H_L``, ascending; ``projected_gradients``: ``(K, d, n)``,
+    column ``i`` is ``Vᵀ∇ℓ_i`` with ``V`` the eigenvectors.  Every influence that is a quadratic
+    form of the gradients in a function of ``H_L`` is then a sum over ``d`` terms.
+    """
+
+    eigenvalues: np.ndarray
+    projected_gradients: np.ndarray
+
+    def laplace_bif(self, nbeta: float, gamma: float) -> np.ndarray:
+        """``−∇ℓ_iᵀ (γI + nβ H_L)⁻¹ ∇ℓ_j``, the BIF of the Gaussian approximation to the local
+        posterior with these ``nβ``, ``γ``: ``(K, n, n)`` in the order ``(checkpoint, source,
+        query)``.  NaN at a checkpoint where ``γ + nβ·λ_min ≤ 0`` (no Gaussian there)."""
+        if not (nbeta > 0 and gamma >= 0):
+            raise ValueError(f"need nbeta > 0 and gamma >= 0, got {nbeta}, {gamma}")
+        precision = gamma + nbeta * self.eigenvalues  # (K, d)
+        proper = (precision > 0).all(axis=1)
+        weights = np.where(proper[:, None], 1.0 / np.where(precision > 0, precision, 1.0), np.nan)
+        g = self.projected_gradients
+        return -np.einsum("kdi,kd,kdj->kij", g, weights, g)
+
+    def gradient_product(self) -> np.ndarray:
+        """``−∇ℓ_i·∇ℓ_j``, ``(K, n, n)``: ``γ`` times the limit of :meth:`laplace_bif` as ``γ``
+        grows (and of any damped influence as the damping does)."""
+        g = self.projected_gradients
+        return -np.einsum("kdi,kdj->kij", g, g)
+
+    def stiffness(self, nbeta: float, gamma: float) -> np.ndarray:
+        """``nβ·λ_max / γ`` at each checkpoint, ``(K,)``: below 1 the localization, not the loss,
+        sets the posterior's widest scale in every direction and the Laplace BIF is close to the
+        gradient product."""
+        return nbeta * self.eigenvalues.max(axis=1) / gamma
+
+
+def _per_sample_loss_of_flat_weights(model: nn.Module, loss_fn: LossFn, data) -> tuple[Callable, Callable]:
+    """``(losses, flatten)``: ``losses(theta)`` the per-sample losses ``(n,)`` at the flat weight
+    vector ``theta`` (float64, on the model's device) and ``flatten(checkpoint)`` that vector."""
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    shapes = [dict(model.named_parameters())[name].shape for name in names]
+    sizes = [math.prod(shape) for shape in shapes]
+    device = next(iter(model.parameters())).device
+    data = tree_map(lambda leaf: leaf.to(device, torch.float64) if leaf.is_floating_point() else leaf.to(device),
+                    as_tensors(data))
+    objective = PerSampleLoss(model, loss_fn)
+
+    def losses(theta: torch.Tensor) -> torch.Tensor:
+        params = {f"model.{name}": piece.reshape(shape) for name, piece, shape in zip(names, theta.split(sizes), shapes)}
+        return functional_call(objective, params, (data,), strict=False)
+
+    def flatten(checkpoint: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([torch.as_tensor(checkpoint[name], device=device).reshape(-1) for name in names]).double()
+
+    return losses, flatten
+
+
+def local_curvature(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data,
+    checkpoints: Sequence[Mapping[str, torch.Tensor]],
+    progress: bool = True,
+) -> LocalCurvature:
+    """Diagonalise the Hessian of the mean per-sample loss at each checkpoint (float64, on the
+    model's device).
+
+    ``loss_fn(model, batch)`` returns one loss per sample, as for the sampler; ``data`` is the
+    whole set (tensors, a ``Dataset`` or a ``DataLoader``).  The Hessian is formed densely, so
+    this is for models of a few thousand parameters.
+    """
+    losses, flatten = _per_sample_loss_of_flat_weights(model, loss_fn, data)
+    eigenvalues, projected = [], []
+    for checkpoint in progress_bar(checkpoints, disable=not progress, desc="Hessian", leave=False):
+        theta = flatten(checkpoint)
+        gradients = jacrev(losses)(theta)  # (n, d)
+        hessian = jacrev(jacrev(lambda t: losses(t).mean()))(theta)
+        values, vectors = torch.linalg.eigh(hessian)
+        eigenvalues.append(values.cpu().numpy())
+        projected.append((vectors.T @ gradients.T).cpu().numpy())
+    return LocalCurvature(np.stack(eigenvalues), np.stack(projected))
+
+
+def gaussian_bif(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data,
+    checkpoints: Sequence[Mapping[str, torch.Tensor]],
+    nbeta: float,
+    gamma: float,
+    progress: bool = True,
+) -> np.ndarray:
+    """The BIF of the Gaussian approximation to the local posterior, to second order in the
+    losses: ``(K, n, n)`` in the order ``(checkpoint, source, query)``.
+
+    With ``L ≈ L* + gᵀδ + ½δᵀHδ`` the posterior of ``δ = w − w*`` is ``N(μ, Σ)``,
+    ``Σ = (γI + nβH)⁻¹``, ``μ = −nβΣg``; with ``ℓ_i ≈ ℓ_i* + g_iᵀδ + ½δᵀA_iδ``,
+
+        Cov(ℓ_i, ℓ_j) = (g_i + A_iμ)ᵀ Σ (g_j + A_jμ) + ½ tr(A_i Σ A_j Σ),
+
+    and the BIF is minus that.  Where the gradients vanish (at initialisation, at a minimum)
+    the first-order form :meth:`LocalCurvature.laplace_bif` vanishes with them and the trace
+    term is what remains.  NaN where ``γI + nβH`` is not positive definite.  Forms the ``n``
+    per-sample Hessians densely: for models of a few thousand parameters.
+    """
+    if not (nbeta > 0 and gamma >= 0):
+        raise ValueError(f"need nbeta > 0 and gamma >= 0, got {nbeta}, {gamma}")
+    losses, flatten = _per_sample_loss_of_flat_weights(model, loss_fn, data)
+    result = []
+    for checkpoint in progress_bar(checkpoints, disable=not progress, desc="Gaussian BIF", leave=False):
+        theta = flatten(checkpoint)
+        gradients = jacrev(losses)(theta)  # (n, d)
+        hessians = jacfwd(jacrev(losses))(theta)  # (n, d, d); forward-over-reverse is fastest here
+        values, vectors = torch.linalg.eigh(hessians.mean(0))
+        precision = gamma + nbeta * values
+        if not bool((precision > 0).all()):
+            result.append(np.full((len(gradients), len(gradients)), np.nan))
+            continue
+        covariance = (vectors / precision) @ vectors.T  # Σ
+        mean = -nbeta * covariance @ gradients.mean(0)
+        shifted = gradients + hessians @ mean  # the losses' gradients at the posterior mean
+        first = shifted @ covariance @ shifted.T
+        products = hessians @ covariance  # A_i Σ
+        second = 0.5 * torch.einsum("iab,jba->ij", products, products)
+        result.append(-(first + second).cpu().numpy())
+    return np.stack(result)

@@ -55,10 +55,26 @@ class ToySizes:
     sweep_chains: int
     sweep_draws: int
     sweep_epsilons: tuple[float, ...]
+    """Step sizes of the RMSprop-SGLD grid (with ``sweep_nbetas`` × ``sweep_gammas``)."""
     sweep_nbetas: tuple[float, ...]
     sweep_gammas: tuple[float, ...]
+    sweep_plain_epsilons: tuple[float, ...]
+    """Step sizes of the plain-SGLD grid (no preconditioner; same nβ and γ)."""
+    sweep_stabilities: tuple[float, ...]
+    """RMSprop stability constants α tried at the paper's reported setting and at ours."""
+    sweep_decays: tuple[float, ...]
+    """RMSprop decays b tried with every α."""
     classical_stride: int
     """The damped classical IF uses every ``classical_stride``-th checkpoint."""
+    gaussian_stride: int
+    """The second-order Gaussian BIF (per-sample Hessians) uses every ``gaussian_stride``-th checkpoint."""
+    bias_epsilons: tuple[float, ...]
+    """Step sizes for the step-size bias, largest first; draws grow as ε shrinks."""
+    bias_stride: int
+    bif_seeds: int
+    """Independent seeds of the BIF trajectory, to tell Monte Carlo noise from bias."""
+    lds_subsets: int
+    """Half-subsets retrained for the linear datamodeling score (all 70 when at least 70)."""
 
 
 @dataclass(frozen=True)
@@ -174,7 +190,9 @@ PROFILES: dict[str, Profile] = {
             checkpoints=101, bif_chains=4, bif_draws=400,
             sweep_stride=10, sweep_chains=2, sweep_draws=200,
             sweep_epsilons=(1e-5, 1e-3), sweep_nbetas=(1000, 5000), sweep_gammas=(1000, 5000),
-            classical_stride=4,
+            sweep_plain_epsilons=(1e-4, 1e-3), sweep_stabilities=(0.1, 1.0), sweep_decays=(0.99,),
+            classical_stride=4, gaussian_stride=10, bias_epsilons=(3e-5, 3e-6), bias_stride=20, bif_seeds=2,
+            lds_subsets=70,
         ),
         lm=LanguageModelSizes(
             vocab_size=512, hidden=64, layers=2, intermediate=256, context=64, steps=300, batch_size=8,
@@ -202,9 +220,12 @@ PROFILES: dict[str, Profile] = {
         toy=ToySizes(
             checkpoints=201, bif_chains=4, bif_draws=1000,
             sweep_stride=8, sweep_chains=4, sweep_draws=500,
-            sweep_epsilons=(1e-5, 3e-5, 1e-4, 1e-3), sweep_nbetas=(300, 1000, 3000, 5000),
-            sweep_gammas=(1000, 5000, 20000),
-            classical_stride=4,
+            # the paper's Table 1 ranges, coarsely: eps in [1e-7, 1e-2], nbeta in [10, 1e4], gamma in [1e-2, 1e6]
+            sweep_epsilons=(1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2), sweep_nbetas=(10, 1000, 3000, 5000, 10_000),
+            sweep_gammas=(1, 100, 1000, 5000, 20_000, 1e6), sweep_plain_epsilons=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
+            sweep_stabilities=(1e-4, 1e-3, 1e-2, 0.1, 1.0), sweep_decays=(0.8, 0.9, 0.95, 0.99),
+            classical_stride=4, gaussian_stride=2, bias_epsilons=(3e-5, 1e-5, 3e-6, 1e-6), bias_stride=16,
+            bif_seeds=3, lds_subsets=70,
         ),
         lm=LanguageModelSizes(
             vocab_size=2048, hidden=128, layers=6, intermediate=512, context=64, steps=3000, batch_size=16,
@@ -232,10 +253,13 @@ PROFILES: dict[str, Profile] = {
         toy=ToySizes(
             checkpoints=401, bif_chains=8, bif_draws=1000,
             sweep_stride=4, sweep_chains=4, sweep_draws=1000,
-            sweep_epsilons=(1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 1e-3),
-            sweep_nbetas=(100, 300, 1000, 3000, 5000, 10000),
-            sweep_gammas=(100, 1000, 5000, 20000, 100000),
-            classical_stride=2,
+            sweep_epsilons=(1e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 1e-3, 1e-2),
+            sweep_nbetas=(10, 100, 300, 1000, 3000, 5000, 10_000),
+            sweep_gammas=(1e-2, 1, 100, 1000, 5000, 20_000, 100_000, 1e6),
+            sweep_plain_epsilons=(1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
+            sweep_stabilities=(1e-4, 1e-3, 1e-2, 0.1, 0.3, 1.0), sweep_decays=(0.8, 0.9, 0.95, 0.99),
+            classical_stride=2, gaussian_stride=1, bias_epsilons=(3e-5, 1e-5, 3e-6, 1e-6, 3e-7), bias_stride=8,
+            bif_seeds=5, lds_subsets=70,
         ),
         lm=LanguageModelSizes(
             vocab_size=4096, hidden=128, layers=6, intermediate=512, context=256, steps=20_000, batch_size=32,

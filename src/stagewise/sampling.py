@@ -77,6 +77,9 @@ class SGLDConfig:
     """RMSprop decay b of the squared-gradient average."""
     stability: float = 0.1
     """RMSprop stability constant α added to √V."""
+    preconditioner: Literal["rmsprop", "none"] = "rmsprop"
+    """``"rmsprop"``: the update above; ``"none"``: plain SGLD, ``G = 1`` (``decay`` and
+    ``stability`` are then unused)."""
     burn_in: int = 0
     """Steps taken before the first recorded draw."""
     seed: int = 0
@@ -103,6 +106,8 @@ class SGLDConfig:
             problems.append(f"decay must lie in [0, 1), got {self.decay}")
         if not self.stability > 0:
             problems.append(f"stability must be positive, got {self.stability}")
+        if self.preconditioner not in ("rmsprop", "none"):
+            problems.append(f"preconditioner must be 'rmsprop' or 'none', got {self.preconditioner!r}")
         if self.burn_in < 0:
             problems.append(f"burn_in must be >= 0, got {self.burn_in}")
         if not self.divergence_factor > 0:
@@ -157,10 +162,14 @@ def sgld_update(state: SGLDState, gradient: torch.Tensor, center: torch.Tensor, 
 
         V' = b·V + (1 − b)·g²,  G = 1/(√V' + α),
         w' = w − (ε/2)·G ⊙ (nβ·g + γ(w − w*)) + √(ε·G) ⊙ ξ
+
+    With ``config.preconditioner == "none"``, ``G = 1`` (plain SGLD) and ``V`` stays as it was.
     """
+    drift = config.nbeta * gradient + config.gamma * (state.w - center)
+    if config.preconditioner == "none":
+        return SGLDState(state.w - 0.5 * config.epsilon * drift + math.sqrt(config.epsilon) * noise, state.V)
     V = state.V * config.decay + (1 - config.decay) * gradient * gradient
     G = 1.0 / (V.sqrt() + config.stability)
-    drift = config.nbeta * gradient + config.gamma * (state.w - center)
     w = state.w - 0.5 * config.epsilon * G * drift + (config.epsilon * G).sqrt() * noise
     return SGLDState(w, V)
 
@@ -220,7 +229,7 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-class _Objective(nn.Module):
+class PerSampleLoss(nn.Module):
     """Wraps ``loss_fn(model, batch)`` so that ``functional_call`` can swap the model's weights,
     and checks that it returns one loss per sample (or per token)."""
 
@@ -344,7 +353,7 @@ def sample_losses(
     indices = tuple(range(K)) if checkpoint_indices is None else tuple(int(i) for i in checkpoint_indices)
     if len(indices) != K:
         raise ValueError(f"checkpoint_indices has {len(indices)} entries for {K} checkpoints")
-    objective = _Objective(model, loss_fn)
+    objective = PerSampleLoss(model, loss_fn)
     dimension = sum(p[0].numel() for p in centers.values())
 
     def losses(params: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:

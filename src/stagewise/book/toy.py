@@ -16,13 +16,14 @@ import torch
 from stagewise import retraining
 from stagewise.book import book_device
 from stagewise.cache import cached
+from stagewise.classical import LocalCurvature, gaussian_bif, local_curvature
 from stagewise.distributed import init_from_environment, rank_and_size
 from stagewise.influence import BIFTrajectory
 from stagewise.profiles import ToySizes, get_profile
 from stagewise.sampling import SGLDConfig
 from stagewise.toy import experiment as toy_experiment
-from stagewise.toy.experiment import ToyExperiment, hyperparameter_sweep, run_toy_experiment
-from stagewise.toy.network import TrainingConfig
+from stagewise.toy.experiment import SweepResult, ToyExperiment, bif_sweep, run_toy_experiment
+from stagewise.toy.network import TrainingConfig, item_loss
 
 
 def sizes() -> ToySizes:
@@ -65,17 +66,13 @@ def bif_trajectory(run: ToyExperiment, config: SGLDConfig, stride: int = 1, prog
                   depends_on=toy_experiment)
 
 
-def sweep(run: ToyExperiment, base: SGLDConfig, reference: np.ndarray, source: int) -> np.ndarray:
-    """:func:`stagewise.toy.hyperparameter_sweep` over the profile's grid and stride (cached);
-    ``reference`` is ``(T, N)`` at every ``sweep_stride``-th checkpoint."""
-    toy = sizes()
+def sweep(run: ToyExperiment, configs: list[SGLDConfig], stride: int, on_divergence: str = "raise") -> SweepResult:
+    """:func:`stagewise.toy.bif_sweep` over ``configs`` at every ``stride``-th checkpoint (cached)."""
     where = device()
-    key = {"training": run.config, "checkpoints": len(run.epochs), "base": base, "device": where.type,
-           "grid": (toy.sweep_epsilons, toy.sweep_nbetas, toy.sweep_gammas), "source": source,
-           "stride": toy.sweep_stride, "reference": np.asarray(reference).round(12).tolist()}
-    return cached("toy-sweep", key, lambda: hyperparameter_sweep(
-        run, base, toy.sweep_epsilons, toy.sweep_nbetas, toy.sweep_gammas, reference, source, toy.sweep_stride,
-        progress=False, device=where), depends_on=hyperparameter_sweep)
+    key = {"training": run.config, "checkpoints": len(run.epochs), "configs": configs, "stride": stride,
+           "on_divergence": on_divergence, "device": where.type}
+    return cached("toy-sweep", key, lambda: bif_sweep(run, configs, stride, on_divergence, progress=rank_and_size()[0] == 0, device=where),
+                  depends_on=bif_sweep)
 
 
 def leave_one_out(run: ToyExperiment) -> np.ndarray:
@@ -83,6 +80,47 @@ def leave_one_out(run: ToyExperiment) -> np.ndarray:
     return cached("toy-loo", {"training": run.config, "epochs": run.epochs.tolist()},
                   lambda: retraining.leave_one_out(run.data, run.config, run.epochs, device=device()),
                   depends_on=retraining.leave_one_out)
+
+
+def _items_xy(run: ToyExperiment) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor(run.data.inputs, dtype=torch.float64), torch.tensor(run.data.outputs, dtype=torch.float64)
+
+
+def curvature(run: ToyExperiment, stride: int = 1) -> LocalCurvature:
+    """:func:`stagewise.classical.local_curvature` at every ``stride``-th checkpoint (cached)."""
+    key = {"training": run.config, "checkpoints": len(run.epochs), "stride": stride}
+    return cached("toy-curvature", key, lambda: local_curvature(
+        run.trajectory.module(), item_loss, _items_xy(run), run.trajectory.state_dicts()[::stride], progress=True),
+        depends_on=local_curvature)
+
+
+def gaussian_limit(run: ToyExperiment, config: SGLDConfig, stride: int = 1) -> np.ndarray:
+    """:func:`stagewise.classical.gaussian_bif` for ``config``'s nβ and γ at every ``stride``-th
+    checkpoint (cached): ``(K, 8, 8)``."""
+    key = {"training": run.config, "checkpoints": len(run.epochs), "stride": stride, "nbeta": config.nbeta,
+           "gamma": config.gamma}
+    return cached("toy-gaussian-bif", key, lambda: gaussian_bif(
+        run.trajectory.module(), item_loss, _items_xy(run), run.trajectory.state_dicts()[::stride], config.nbeta,
+        config.gamma, progress=True), depends_on=gaussian_bif)
+
+
+def upweighting(run: ToyExperiment, perturb: str) -> np.ndarray:
+    """:func:`stagewise.retraining.upweighting_influence` at every checkpoint (cached): ``(T, P, N)``."""
+    key = {"training": run.config, "epochs": run.epochs.tolist(), "perturb": perturb}
+    return cached("toy-upweighting", key, lambda: retraining.upweighting_influence(
+        run.data, run.config, run.epochs, perturb=perturb, device=device()), depends_on=retraining.upweighting_influence)
+
+
+def subset_retraining(run: ToyExperiment, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` random half-subsets (all of them when there are fewer) and the per-sample
+    losses of the network retrained on each, at every checkpoint (cached): ``(S, N)`` and
+    ``(T, S, N)``."""
+    subsets = retraining.random_subsets(len(run.data.items), count)
+    key = {"training": run.config, "epochs": run.epochs.tolist(), "subsets": subsets.tolist()}
+    losses = cached("toy-subsets", key, lambda: retraining.subset_losses(run.data, run.config, run.epochs, subsets,
+                                                                           device=device()),
+                    depends_on=retraining.subset_losses)
+    return subsets, losses
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from stagewise.toy.dynamics import (
     pool_within_blocks,
     trained_mode_strengths,
 )
-from stagewise.toy.experiment import ToyExperiment, hyperparameter_sweep, run_toy_experiment
+from stagewise.toy.experiment import SweepResult, ToyExperiment, bif_sweep, run_toy_experiment
 from stagewise.toy.network import (
     DeepLinearNetwork,
     TrainingConfig,
@@ -45,7 +45,7 @@ from stagewise.toy.representations import mds_trajectories, separation_epoch, sp
 __all__ = [
     "ITEMS", "Hierarchy", "Split", "hierarchy", "ModeBasis", "correlation_modes", "data_modes",
     "fit_initial_strengths", "mode_strength", "mode_strength_ds", "pool_within_blocks",
-    "trained_mode_strengths", "DeepLinearNetwork", "item_loss", "reduced_rank_llc", "ToyExperiment", "hyperparameter_sweep", "run_toy_experiment", "TrainingConfig", "Trajectory",
+    "trained_mode_strengths", "DeepLinearNetwork", "item_loss", "reduced_rank_llc", "ToyExperiment", "SweepResult", "bif_sweep", "run_toy_experiment", "TrainingConfig", "Trajectory",
     "checkpoint_epochs", "time_constant", "train_linear_network", "SVDResponse",
     "analytic_influence", "closed_form_loss_difference", "closed_form_losses", "closed_form_map",
     "map_derivative", "svd_response", "svd_response_errors", "finite_difference_influence",

@@ -3,14 +3,14 @@ the closed form takes from it."""
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
 from stagewise.progress import progress as progress_bar
 
-from stagewise.influence import BIFTrajectory, bif_matrix, bif_trajectory, trace_correlation
+from stagewise.influence import BIFTrajectory, bif_matrix, bif_trajectory
 from stagewise.sampling import LossDraws, SamplerDivergence, SGLDConfig, sample_losses
 
 from stagewise.toy.data import Hierarchy, hierarchy
@@ -77,13 +77,15 @@ class ToyExperiment:
         return self.trajectory.module(dtype=dtype), data, checkpoints, indices
 
     def sample_posterior(self, config: SGLDConfig, stride: int = 1, progress: bool = True,
-                         device: torch.device | str | None = None) -> LossDraws:
+                         device: torch.device | str | None = None,
+                         on_divergence: Literal["raise", "record"] = "raise") -> LossDraws:
         """RMSprop-SGLD around every ``stride``-th checkpoint at once (float32), recording the
         per-sample losses of the eight items: ``sampling`` is ``(K, C, T, 8)``.  Raises
-        :class:`~stagewise.sampling.SamplerDivergence` at the first diverging chain."""
+        :class:`~stagewise.sampling.SamplerDivergence` at the first diverging chain, or with
+        ``on_divergence="record"`` fills that chain's later draws with NaN."""
         model, data, checkpoints, indices = self._sampling_inputs(stride)
         return sample_losses(model, item_loss, data, config, checkpoints=checkpoints, checkpoint_indices=indices,
-                             progress=progress, device=device)
+                             progress=progress, device=device, on_divergence=on_divergence)
 
     def bif_trajectory(self, config: SGLDConfig, stride: int = 1, progress: bool = True,
                        device: torch.device | str | None = None) -> BIFTrajectory:
@@ -97,36 +99,52 @@ class ToyExperiment:
                               checkpoint_indices=indices, progress=progress)
 
 
-def hyperparameter_sweep(
+@dataclass
+class SweepResult:
+    """The sampled BIF for each sampler setting of a sweep.
+
+    ``configs``: the ``S`` settings; ``bif``: ``(S, K, 8, 8)`` at the ``K`` checkpoints
+    ``checkpoint_indices`` (indices into the experiment's epochs), in the order ``(setting,
+    checkpoint, source, query)``.  It is NaN where the sampler diverged: at every checkpoint of
+    a setting swept with ``on_divergence="raise"`` (it stopped there), at the checkpoints with
+    a diverged chain with ``"record"``.
+    """
+
+    configs: list[SGLDConfig]
+    bif: np.ndarray
+    checkpoint_indices: np.ndarray
+
+    @property
+    def diverged(self) -> np.ndarray:
+        """``(S, K)``: whether the sampler diverged at each checkpoint under each setting."""
+        return np.isnan(self.bif).any(axis=(2, 3))
+
+
+def bif_sweep(
     experiment: ToyExperiment,
-    base: SGLDConfig,
-    epsilons: tuple[float, ...],
-    nbetas: tuple[float, ...],
-    gammas: tuple[float, ...],
-    reference: np.ndarray,
-    source: int,
+    configs: list[SGLDConfig],
     stride: int,
+    on_divergence: Literal["raise", "record"] = "raise",
     progress: bool = True,
     device: torch.device | str | None = None,
-) -> np.ndarray:
-    """Mean over queries of the BIF–reference trace correlation of sample ``source``, for every
-    ``(epsilon, nbeta, gamma)`` of the grid: ``(E, B, G)``, NaN where the sampler diverged.
+) -> SweepResult:
+    """The BIF at every ``stride``-th checkpoint under each sampler setting in ``configs``.
 
-    ``reference`` is ``(T, N)``, the reference traces (e.g. leave-one-out) of ``source`` at
-    every ``stride``-th checkpoint.
+    With ``on_divergence="raise"`` a setting stops at its first diverging chain, which makes
+    unstable settings cheap, and its BIF is NaN everywhere; with ``"record"`` every setting runs
+    to the end and only the checkpoints with a diverged chain are NaN, which maps where it
+    diverges.
     """
-    result = np.full((len(epsilons), len(nbetas), len(gammas)), np.nan)
-    grid = list(itertools.product(enumerate(epsilons), enumerate(nbetas), enumerate(gammas)))
-    queries = [j for j in range(reference.shape[1]) if j != source]
-    for (a, epsilon), (b, nbeta), (c, gamma) in progress_bar(grid, desc="sweep", leave=False, disable=not progress):
-        config = replace(base, epsilon=epsilon, nbeta=nbeta, gamma=gamma)
-        try:  # stops at the first diverging chain, which makes the unstable cells cheap
-            draws = experiment.sample_posterior(config, stride, progress=False, device=device)
+    indices = np.arange(0, len(experiment.epochs), stride)
+    n_items = len(experiment.data.items)
+    bif = np.full((len(configs), len(indices), n_items, n_items), np.nan)
+    for s, config in enumerate(progress_bar(configs, desc="sweep", leave=False, disable=not progress)):
+        try:
+            draws = experiment.sample_posterior(config, stride, progress=False, device=device, on_divergence=on_divergence)
         except SamplerDivergence:
             continue
-        bif = bif_matrix(draws.sampling).numpy()
-        result[a, b, c] = trace_correlation(bif[:, source, queries], reference[:, queries]).mean()
-    return result
+        bif[s] = bif_matrix(draws.sampling).numpy()
+    return SweepResult(list(configs), bif, indices)
 
 
 def run_toy_experiment(config: TrainingConfig | None = None, checkpoints: int = 201,

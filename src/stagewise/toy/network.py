@@ -140,6 +140,7 @@ def train_linear_network(
     progress: bool = False,
     record_weights: bool = True,
     device: torch.device | str | None = None,
+    target_scales: torch.Tensor | None = None,
 ) -> Trajectory:
     """Train ``R`` networks from one initialisation and record them at ``record_epochs``.
 
@@ -147,6 +148,9 @@ def train_linear_network(
     ``w = sample_weights`` of shape ``(R, N)``, or ``sample_weights(e)`` when it is a callable
     (for weights that change during training); ``None`` is one run with all weights 1.
     Weight 0 is the same as zeroing row ``i`` of X and Y, as the paper does for leave-one-out.
+    ``target_scales`` (``(R, N)``, default ones) trains run ``r`` on the targets ``s_ri·y_i``
+    instead: it moves ``Σ_yx`` alone, where a loss weight also moves ``Σ_xx``.  The recorded
+    losses are always against the unscaled targets.
     With ``record_weights=False`` only the per-sample losses are kept (cheap for every epoch).
     Training runs on ``device`` (default the CPU); the initial weights are drawn on the CPU, so
     every device starts from the same ones, and the trajectory is returned on the CPU.
@@ -160,6 +164,14 @@ def train_linear_network(
     n_items, n_outputs = Y.shape
     weights_at = _weights_schedule(sample_weights, n_items, device)
     runs = weights_at(0).shape[0]
+    if target_scales is not None:
+        scales = torch.as_tensor(target_scales, dtype=torch.float64, device=device)
+        if scales.ndim != 2 or scales.shape[1] != n_items or (runs > 1 and scales.shape[0] != runs):
+            raise ValueError(f"target_scales must have shape ({runs if runs > 1 else 'runs'}, {n_items}), got {tuple(scales.shape)}")
+        runs = scales.shape[0]
+        targets = Y.T * scales[:, None, :]  # (R, O, N)
+    else:
+        targets = Y.T
 
     W1, W2 = (w.to(device) for w in initial_weights(config, hierarchy))
     W1 = W1.expand(runs, -1, -1).clone()
@@ -171,9 +183,10 @@ def train_linear_network(
     scale = config.learning_rate * 2.0 / (n_items * n_outputs)
     for epoch in progress_bar(range(config.epochs + 1), disable=not progress, desc="training", leave=False):
         hidden = W1 @ X.T  # (R, hidden, N)
-        residual = W2 @ hidden - Y.T  # (R, O, N)
+        output = W2 @ hidden
+        residual = output - targets  # (R, O, N)
         if epoch in slot:
-            losses[:, slot[epoch]] = 0.5 * (residual**2).sum(1)
+            losses[:, slot[epoch]] = 0.5 * ((output - Y.T) ** 2).sum(1)
             if record_weights:
                 saved1[:, slot[epoch]] = W1
                 saved2[:, slot[epoch]] = W2
