@@ -5,7 +5,10 @@ hyperparameters, in one run.
 
 1. Agreement: at one checkpoint, the BIF matrix of both implementations, compared within Monte
    Carlo error (standard errors from the spread of independent chains).
-2. Speed: the whole trajectory (checkpoints × chains × draws, full batch) with stagewise, and
+2. Speed against the raw work: the same RMSprop-SGLD steps for all checkpoints × chains as a
+   plain loop of batched matrix products with hand-written gradients and one noise generator
+   (nothing recorded, nothing checked), per draw, beside stagewise's per-draw cost.
+3. Speed: the whole trajectory (checkpoints × chains × draws, full batch) with stagewise, and
    devinterp's ``bif()`` on the first ``--devinterp-checkpoints`` of the same checkpoints; its
    per-checkpoint time is multiplied out to the whole trajectory (devinterp samples one
    checkpoint and one chain at a time, so its cost is linear in both).
@@ -70,6 +73,32 @@ def per_chain_bif(losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pooled, chains.std(axis=0, ddof=1) / np.sqrt(len(losses))
 
 
+def raw_draw_seconds(experiment: toy.ToyExperiment, config: SGLDConfig, steps: int, device: str) -> float:
+    """Seconds per step of the bare RMSprop-SGLD update of every (checkpoint, chain) at once."""
+    states = experiment.trajectory.state_dicts(dtype=torch.float32)
+    W1 = torch.stack([s["W1"] for s in states]).repeat_interleave(config.chains, 0).to(device)
+    W2 = torch.stack([s["W2"] for s in states]).repeat_interleave(config.chains, 0).to(device)
+    centre1, centre2 = W1.clone(), W2.clone()
+    V1, V2 = torch.zeros_like(W1), torch.zeros_like(W2)
+    X = torch.tensor(experiment.data.inputs, dtype=torch.float32, device=device)
+    Y = torch.tensor(experiment.data.outputs, dtype=torch.float32, device=device)
+    n = X.shape[0]
+    start = time.perf_counter()
+    for _ in range(steps):
+        hidden = W1 @ X.T                          # (S, hidden, n)
+        residual = (W2 @ hidden - Y.T) / n         # d(mean loss)/d(output)
+        g2 = residual @ hidden.transpose(1, 2)
+        g1 = W2.transpose(1, 2) @ residual @ X
+        for w, g, V, centre in ((W1, g1, V1, centre1), (W2, g2, V2, centre2)):
+            V.mul_(config.decay).addcmul_(g, g, value=1 - config.decay)
+            G = 1 / (V.sqrt() + config.stability)
+            w.add_(-0.5 * config.epsilon * G * (config.nbeta * g + config.gamma * (w - centre))
+                   + (config.epsilon * G).sqrt() * torch.randn_like(w))
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoints", type=int, default=101)
@@ -102,7 +131,9 @@ def main() -> None:
         print(f"  BIF(dog, ·) stagewise: {np.array2string(ours_bif[3], precision=6)}")
         print(f"  BIF(dog, ·) devinterp: {np.array2string(their_bif[3], precision=6)}\n")
 
-    # 2. speed: the public verb, draws to BIF, LLC and diagnostics
+    # 2. raw work per draw, then 3. the public verb, draws to BIF, LLC and diagnostics
+    raw_draw_seconds(experiment, config, 5, args.device)  # warm-up
+    raw = raw_draw_seconds(experiment, config, min(config.draws, 500), args.device)
     experiment.bif_trajectory(replace(config, draws=2), progress=False, device=args.device)  # warm-up
     start = time.perf_counter()
     result = experiment.bif_trajectory(config, progress=False, device=args.device)
@@ -110,6 +141,7 @@ def main() -> None:
     print(f"stagewise: {ours_seconds:.1f} s for the whole trajectory on {args.device} "
           f"({ours_seconds / config.draws * 1e3:.1f} ms per draw of all {args.checkpoints * config.chains} chains; "
           f"verdicts: {result.verdicts.count('healthy')} of {len(result.verdicts)} healthy)")
+    print(f"raw work: {raw * 1e3:.1f} ms per draw; stagewise / raw = {ours_seconds / config.draws / raw:.2f}")
     if skip_devinterp:
         return
     subset = args.devinterp_checkpoints

@@ -52,6 +52,11 @@ LossFn = Callable[[nn.Module, Any], torch.Tensor]
 VMAP_MAX_PARAMETERS = 100_000
 """Above this many parameters per set, :func:`sample_losses` evaluates the sets one by one."""
 
+NOISE_BLOCK_BYTES = 256 * 1024
+"""Each chain draws the float32 noise of several steps at once, up to this many bytes (at
+least one step): one generator call per block instead of per step.  The block depends on the
+number of parameters only, so a chain's stream is the same however the work is split."""
+
 
 class SamplerDivergence(RuntimeError):
     """SGLD left the neighbourhood of the checkpoint (non-finite or runaway loss)."""
@@ -169,8 +174,8 @@ def sgld_update(state: SGLDState, gradient: torch.Tensor, center: torch.Tensor, 
     if config.preconditioner == "none":
         return SGLDState(state.w - 0.5 * config.epsilon * drift + math.sqrt(config.epsilon) * noise, state.V)
     V = state.V * config.decay + (1 - config.decay) * gradient * gradient
-    G = 1.0 / (V.sqrt() + config.stability)
-    w = state.w - 0.5 * config.epsilon * G * drift + (config.epsilon * G).sqrt() * noise
+    root = torch.rsqrt(V.sqrt() + config.stability)  # √G
+    w = state.w - 0.5 * config.epsilon * root * root * drift + math.sqrt(config.epsilon) * root * noise
     return SGLDState(w, V)
 
 
@@ -438,7 +443,8 @@ def _run_chains(
     start = initial[checkpoint_of]
     threshold = start + config.divergence_factor * (start.abs() + dimension / (2 * config.nbeta))
     state = sgld_init(center)
-    noise = torch.empty(S, dimension, dtype=torch.float32, device=device)
+    block = max(1, min(NOISE_BLOCK_BYTES // (4 * dimension), config.burn_in + T))
+    noise = torch.empty(S, block, dimension, dtype=torch.float32, device=device)
     diverged_at = torch.full((S,), -1, dtype=torch.long, device=device)
     trace = torch.empty(S, T, dtype=dtype, device=device)
     sampled = observed = None
@@ -479,9 +485,10 @@ def _run_chains(
                     observed[:, draw] = current.masked_fill(dead[:, None], float("nan"))
             g = torch.cat([grads[k].reshape(S, -1) for k in names], dim=1)
             # float32 normals are several times cheaper to draw, and their precision is ample
-            for row, generator in zip(noise, generators):
-                row.normal_(generator=generator)
-            state = sgld_update(state, g, center, noise.to(dtype), config)
+            if step % block == 0:
+                for rows, generator in zip(noise, generators):
+                    rows.normal_(generator=generator)
+            state = sgld_update(state, g, center, noise[:, step % block].to(dtype), config)
             if bool(dead.any()):  # a diverged chain rests at its checkpoint, out of harm's way
                 state = SGLDState(torch.where(dead[:, None], center, state.w), torch.where(dead[:, None], 0.0, state.V))
         if progress and step % 50 == 0:
