@@ -4,7 +4,7 @@ A tiny GPT-NeoX saved in the Hugging Face hub cache layout as ``EleutherAI/pythi
 ``step0``, ``step512``, ``step1000``: the fast profile's analysed revisions; half-precision weights;
 a GPT-NeoX byte-level tokenizer) and a ``.jsonl.zst`` Pile shard are built here
 (:mod:`pythia_stand_in`); with ``HF_HUB_OFFLINE=1`` and the hub cache pointed at them, the library
-and Chapter 4 run through the hub code path.  Hub clients read their offline switches at import,
+and Chapter 5 run through the hub code path.  Hub clients read their offline switches at import,
 so everything offline runs in a subprocess.
 """
 

@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("chapter", help="chapter name (e.g. theory) or number")
     run.add_argument("--profile", default=os.environ.get(PROFILE_ENV) or "default",
                      help=f"sizes: {', '.join(PROFILES)} (default: $STAGEWISE_PROFILE or default)")
-    run.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N when a GPU is available")
+    run.add_argument("--device", default=os.environ.get(DEVICE_ENV, "").strip() or "cpu",
+                     help="cpu, or cuda / cuda:N when a GPU is available (default: $STAGEWISE_DEVICE or cpu)")
     run.add_argument("--out", type=Path, default=None, help="output directory (default: _build/run/CHAPTER)")
     args = parser.parse_args(argv)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 PROFILE_ENV = "STAGEWISE_PROFILE"
 LM_SOURCE_ENV = "STAGEWISE_LM"
 LM_SOURCES: tuple[str, ...] = ("local", "pythia-14m")
-"""Where Chapters 4 and 5 take their model, tokenizer and text from: ``local`` (offline: the
+"""Where Chapters 5 and 6 take their model, tokenizer and text from: ``local`` (offline: the
 standard library, a BPE and models trained here) or ``pythia-14m`` (Pythia-14m's hub revisions,
 its tokenizer and the Pile; needs a network or a filled hub cache)."""
 
@@ -42,7 +42,7 @@ class TheorySizes:
 
 @dataclass(frozen=True)
 class ToySizes:
-    """Chapters 2 and 3: the deep linear network."""
+    """Chapters 2 to 4: the deep linear network."""
 
     checkpoints: int
     """Checkpoints recorded, evenly spaced over the 10 000 epochs of training."""
@@ -79,7 +79,7 @@ class ToySizes:
 
 @dataclass(frozen=True)
 class LanguageModelSizes:
-    """Chapter 4: per-token influence in a language model."""
+    """Chapter 5: per-token influence in a language model."""
 
     vocab_size: int
     hidden: int
@@ -97,7 +97,7 @@ class LanguageModelSizes:
     analysed_steps: tuple[int, ...]
     """Checkpoints at which the BIF is estimated."""
     asserts_claims: bool
-    """Whether the run is large enough for Chapter 4 to assert the paper's claims; the fast
+    """Whether the run is large enough for Chapter 5 to assert the paper's claims; the fast
     profile's model is too small and too briefly trained, and only exercises the code."""
     heads: int = 4
     learning_rate: float = 1e-3
@@ -108,7 +108,7 @@ class LanguageModelSizes:
 
 @dataclass(frozen=True)
 class InductionSizes:
-    """Chapter 5: induction heads and the stagewise intervention."""
+    """Chapter 6: induction heads and the stagewise intervention."""
 
     model: LanguageModelSizes
     """The run and its sampler; SGLD runs at its ``analysed_steps``, or at every evenly spaced
@@ -138,7 +138,7 @@ class InductionSizes:
 
 @dataclass(frozen=True)
 class PythiaSizes:
-    """Chapter 4 with the ``pythia-14m`` source: SGLD around Pythia-14m's published revisions."""
+    """Chapter 5 with the ``pythia-14m`` source: SGLD around Pythia-14m's published revisions."""
 
     analysed_steps: tuple[int, ...]
     """Hub revisions ``step<N>`` at which the BIF is estimated."""
@@ -150,7 +150,7 @@ class PythiaSizes:
     documents: int
     """Pile documents read (the first ones of the stream), split into training and held-out text."""
     asserts_claims: bool
-    """Whether Chapter 4 asserts the paper's Pythia claims (not on the fast profile's stand-in)."""
+    """Whether Chapter 5 asserts the paper's Pythia claims (not on the fast profile's stand-in)."""
 
 
 @dataclass(frozen=True)

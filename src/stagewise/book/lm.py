@@ -1,4 +1,4 @@
-"""The language-model chapters' boundary (Chapters 4 and 5): profile sizes, the source, the
+"""The language-model chapters' boundary (Chapters 5 and 6): profile sizes, the source, the
 device and the cache around :mod:`stagewise.lm`.
 
 The source is one setting: the profile's ``lm_source``, overridden by ``$STAGEWISE_LM``
@@ -39,7 +39,7 @@ OFFLINE_HINT = (f"To build the book offline instead, use the local source: unset
 
 
 def lm_source(profile: Profile | None = None) -> LanguageModelSource:
-    """The source the profile (``$STAGEWISE_LM`` included) chooses for Chapters 4 and 5."""
+    """The source the profile (``$STAGEWISE_LM`` included) chooses for Chapters 5 and 6."""
     profile = profile or get_profile()
     if profile.lm_source == "local":
         return LocalSource()
@@ -56,7 +56,7 @@ def _check(source: LanguageModelSource) -> None:
 
 
 def study_sizes(profile: Profile | None = None) -> LanguageModelSizes:
-    """Chapter 4's sizes for the profile's source: the profile's ``lm`` for the local source;
+    """Chapter 5's sizes for the profile's source: the profile's ``lm`` for the local source;
     for Pythia, the hub model's architecture and the profile's ``pythia`` study sizes (fails at
     once, saying what is missing, when Pythia cannot be reached)."""
     profile = profile or get_profile()

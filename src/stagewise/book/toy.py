@@ -1,4 +1,4 @@
-"""The book's boundary for Chapters 2 and 3 (the toy model): profile sizes, the device and
+"""The book's boundary for Chapters 2 to 4 (the toy model): profile sizes, the device and
 caching around the domain functions of :mod:`stagewise.toy`, :mod:`stagewise.influence` and
 :mod:`stagewise.retraining`.
 

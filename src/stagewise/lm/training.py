@@ -48,7 +48,7 @@ class LMConfig:
     seed: int = 0
     repeated_fraction: float = 0.0
     """Share of each batch replaced by random-token sequences whose second half repeats the
-    first (an induction-rich mix, Chapter 5); 0 trains on natural text only."""
+    first (an induction-rich mix, Chapter 6); 0 trains on natural text only."""
     boost_window: tuple[int, int] | None = None
     """Steps ``[start, stop)`` in which the share is ``boosted_fraction`` instead (upweighting
     induction data inside a window of training)."""
@@ -218,7 +218,11 @@ def training_batch(config: LMConfig, stream: torch.Tensor, step: int, generator:
 
 
 def token_losses(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """Per-token next-token cross-entropy of a causal LM, ``(batch, length − 1)``."""
+    """Per-token next-token cross-entropy of a causal LM, ``(batch, length − 1)``, computed on the
+    model's device (the ids are moved there)."""
+    parameter = next(model.parameters(), None)
+    if parameter is not None:
+        input_ids = input_ids.to(parameter.device)
     logits = model(input_ids=input_ids).logits[:, :-1]
     targets = input_ids[:, 1:]
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
