@@ -101,15 +101,16 @@ def built_book(tmp_path_factory) -> Path:
         return Path(reuse)
     out = tmp_path_factory.mktemp("book")
     env = dict(os.environ, STAGEWISE_PROFILE="fast", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    subprocess.run(
+    build = subprocess.run(
         [
             "jupyter-book", "build", ".", "-W",
             "--config", str(ROOT / "_config.yml"),
             "--toc", str(ROOT / "_toc.yml"),
             "--path-output", str(out),
         ],
-        cwd=ROOT / "book", env=env, check=True, capture_output=True, text=True,
+        cwd=ROOT / "book", env=env, capture_output=True, text=True,
     )
+    assert build.returncode == 0, f"the book build failed:\n{(build.stdout + build.stderr)[-4000:]}"
     return out / "_build" / "html"
 
 

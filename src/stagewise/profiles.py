@@ -191,7 +191,7 @@ PROFILES: dict[str, Profile] = {
             sweep_stride=10, sweep_chains=2, sweep_draws=200,
             sweep_epsilons=(1e-5, 1e-3), sweep_nbetas=(1000, 5000), sweep_gammas=(1000, 5000),
             sweep_plain_epsilons=(1e-4, 1e-3), sweep_stabilities=(0.1, 1.0), sweep_decays=(0.99,),
-            classical_stride=4, gaussian_stride=10, bias_epsilons=(3e-5, 3e-6), bias_stride=20, bif_seeds=2,
+            classical_stride=4, gaussian_stride=4, bias_epsilons=(3e-5, 3e-6), bias_stride=20, bif_seeds=2,
             lds_subsets=70,
         ),
         lm=LanguageModelSizes(
