@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from stagewise.groups import (group_correlation, knn_class_recall, knn_neighbours, knn_recall_test, random_neighbours,
-                              recall_from_neighbours, same_label_pair_share, standardized_losses)
+from stagewise.groups import (group_correlation, knn_class_recall, knn_neighbours, knn_recall_test, random_group_null,
+                              random_neighbours, recall_from_neighbours, same_label_pair_share, standardized_losses)
 from stagewise.influence import bif_matrix
 
 
@@ -157,3 +157,42 @@ def test_random_neighbours_respect_every_exclusion():
     assert not np.any(ids[neighbours.numpy()] == ids[rows]) and not np.any(sequences[neighbours.numpy()] == sequences[rows])
     found = knn_neighbours(torch.randn(2, 30, 200), 25, (ids, sequences)).numpy()
     assert not np.any(ids[found] == ids[rows]) and not np.any(sequences[found] == sequences[rows])
+
+
+def shared_and_specific_draws(specific: float, seed=0, n=120, draws=400):
+    """Every token's loss carries a component shared by all tokens; classes 0 and 1 (20 tokens
+    each) share a second one with weight ``specific``."""
+    rng = np.random.default_rng(seed)
+    common = rng.normal(size=(2, draws, 1))
+    pair = rng.normal(size=(2, draws, 1))
+    values = rng.normal(size=(2, draws, n)) + 0.5 * common
+    values[..., :40] += specific * pair
+    membership = np.zeros((n, 2), dtype=bool)
+    membership[:20, 0] = membership[20:40, 1] = True
+    return torch.tensor(values), membership
+
+
+@pytest.mark.parametrize("specific", [0.0, 0.6])
+def test_random_group_null_holds_the_shared_part_and_not_the_specific_one(specific):
+    draws, membership = shared_and_specific_draws(specific)
+    entry = group_correlation(draws, membership)[0, 1]
+    null = random_group_null(draws, (20, 20), np.arange(40, 120), samples=100)
+    assert null.shape == (100,) and np.all(null > 0.1)    # the shared component is in the null
+    low, high = np.quantile(null, [0.025, 0.975])
+    if specific:
+        assert entry > high + 0.1
+    else:
+        assert low <= entry <= high
+
+
+def test_random_group_null_respects_labels_and_checks_its_pool():
+    rng = np.random.default_rng(3)
+    draws = torch.tensor(rng.normal(size=(2, 60, 30)))
+    ids = np.repeat(np.arange(10), 3)
+    draws[..., :] += 2 * torch.tensor(rng.normal(size=(2, 60, 10)))[..., ids]   # copies of an id correlate
+    pool = np.ones(30, dtype=bool)
+    with_copies = random_group_null(draws, (8, 8), pool, samples=50, seed=1)
+    without = random_group_null(draws, (8, 8), pool, samples=50, seed=1, exclude_same=ids)
+    assert with_copies.mean() > without.mean() + 0.05 and abs(without.mean()) < 0.05
+    with pytest.raises(ValueError, match="disjoint groups"):
+        random_group_null(draws, (20, 20), pool)

@@ -5,7 +5,8 @@ Two reductions of the normalized BIF (SPEC §4), both in ``O(tokens × draws)`` 
 * :func:`group_correlation`: the mean loss correlation (= −normalized BIF) between two classes
   of tokens, optionally over pairs that do not share a label (the same token id, or the same
   sequence), so that a class made of a few frequent ids is not read through the copies of one
-  token;
+  token.  Its null for a pair of classes, :func:`random_group_null`, is the same entry for
+  random groups of the same sizes: the loss correlation that all tokens share grows in training;
 * :func:`knn_class_recall`: how often a token's most correlated neighbours vote for its own
   class (paper App. D.1.3), optionally ignoring neighbours with the same label, beside the
   recall of the same vote with the class labels shuffled (:func:`knn_recall_test`): the
@@ -76,6 +77,36 @@ def group_correlation(draws: torch.Tensor, membership: np.ndarray, exclude_same:
     kept = pairs - same_pairs
     mean = (total - same_total) / kept.clamp_min(1)
     return mean.where(kept > 0, torch.tensor(float("nan"), dtype=torch.float64)).numpy()
+
+
+def random_group_null(draws: torch.Tensor, sizes: tuple[int, int], pool: np.ndarray, samples: int = 200,
+                      exclude_same: np.ndarray | None = None, seed: int = 0, chunk: int = 20) -> np.ndarray:
+    """The between-class entry of :func:`group_correlation` for two random classes: ``(samples,)``.
+
+    Each sample draws two disjoint groups of ``sizes`` tokens from ``pool`` (token indices or an
+    ``(n,)`` mask) and returns their mean loss correlation, with the same ``exclude_same`` as
+    the entry it is a null for.  It is what two classes of those sizes get from the loss
+    correlation that all tokens share (which grows over training), with nothing specific to
+    the classes."""
+    n = draws.shape[-1]
+    pool = np.asarray(pool)
+    pool = np.flatnonzero(pool) if pool.dtype == bool else pool
+    first, second = sizes
+    if min(first, second) < 1 or first + second > len(pool):
+        raise ValueError(f"need two non-empty disjoint groups of {sizes} tokens from a pool of {len(pool)}")
+    if samples < 1:
+        raise ValueError(f"need at least one sample, got {samples}")
+    rng = np.random.default_rng(seed)
+    values = []
+    for start in range(0, samples, chunk):
+        count = min(chunk, samples - start)
+        membership = np.zeros((n, 2 * count), dtype=bool)
+        for k in range(count):
+            chosen = rng.permutation(pool)[: first + second]
+            membership[chosen[:first], 2 * k] = membership[chosen[first:], 2 * k + 1] = True
+        matrix = group_correlation(draws, membership, exclude_same)
+        values.extend(matrix[2 * k, 2 * k + 1] for k in range(count))
+    return np.array(values)
 
 
 def same_label_pair_share(membership: np.ndarray, labels: np.ndarray) -> np.ndarray:
