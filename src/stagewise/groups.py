@@ -54,7 +54,11 @@ def group_correlation(draws: torch.Tensor, membership: np.ndarray, exclude_same:
     with no pair left is ``nan``.  Computed from class sums (per label) of the standardized
     loss matrix in ``O(n · draws)`` memory; the ``n × n`` matrix is never formed.
     """
-    Z = standardized_losses(draws).double()
+    return _group_correlation(standardized_losses(draws).double(), membership, exclude_same)
+
+
+def _group_correlation(Z: torch.Tensor, membership: np.ndarray, exclude_same: np.ndarray | None) -> np.ndarray:
+    """:func:`group_correlation` from the standardized losses ``Z`` ``(n, D)``, float64."""
     n = Z.shape[0]
     member = np.asarray(membership, dtype=bool)
     if member.ndim != 2 or member.shape[0] != n:
@@ -96,6 +100,7 @@ def random_group_null(draws: torch.Tensor, sizes: tuple[int, int], pool: np.ndar
         raise ValueError(f"need two non-empty disjoint groups of {sizes} tokens from a pool of {len(pool)}")
     if samples < 1:
         raise ValueError(f"need at least one sample, got {samples}")
+    Z = standardized_losses(draws).double()   # once: every chunk reads the same losses
     rng = np.random.default_rng(seed)
     values = []
     for start in range(0, samples, chunk):
@@ -104,7 +109,7 @@ def random_group_null(draws: torch.Tensor, sizes: tuple[int, int], pool: np.ndar
         for k in range(count):
             chosen = rng.permutation(pool)[: first + second]
             membership[chosen[:first], 2 * k] = membership[chosen[first:], 2 * k + 1] = True
-        matrix = group_correlation(draws, membership, exclude_same)
+        matrix = _group_correlation(Z, membership, exclude_same)
         values.extend(matrix[2 * k, 2 * k + 1] for k in range(count))
     return np.array(values)
 
