@@ -25,17 +25,31 @@ def stagewise(*args: str, **env: str) -> subprocess.CompletedProcess:
                           text=True, env=dict(os.environ, **env), timeout=600)
 
 
-def test_list_shows_every_chapter_of_the_toc_with_a_time_per_profile():
-    result = stagewise("list")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+def test_list_shows_every_chapter_with_its_reference_time_and_what_this_checkout_measured(tmp_path, capsys):
+    reference, measured = tmp_path / "reference.json", tmp_path / "measured.json"
+    cli.record_times("fast", {"theory": 12.0, "toy_dynamics": 300.0}, reference, by="test")
+    cli.record_times("fast", {"theory": 47.0}, measured, by="test")
+    assert cli.command_list(measured=measured, reference=reference) == 0
+    lines = capsys.readouterr().out.splitlines()
     assert all(profile in lines[0] for profile in PROFILES)
     names = [chapter.name for chapter in cli.chapters()]
     assert names[:3] == ["theory", "toy_dynamics", "three_estimates"]
     assert "reproducibility" not in names and "references" not in names
-    for name in names:
-        row = next(line for line in lines if f" {name} " in line)
-        assert re.search(r"(\s+(\d+ (s|min)|unknown)){%d}$" % len(PROFILES), row), row
+    rows = {name: next(line for line in lines if f" {name} " in line) for name in names}
+    assert re.search(r"12 s \(here 47 s\)\s+unknown\s+unknown$", rows["theory"]), rows["theory"]
+    assert re.search(r"5 min\s+unknown\s+unknown$", rows["toy_dynamics"]), rows["toy_dynamics"]
+    assert re.search(r"(unknown\s+){2}unknown$", rows["three_estimates"]), rows["three_estimates"]
+    assert any(cli.machine().split(",")[0] in line for line in lines), "the reference names its machine"
+
+
+def test_the_reference_table_changes_only_when_asked(tmp_path):
+    reference, measured = tmp_path / "reference.json", tmp_path / "measured.json"
+    cli.record_times("default", {"theory": 11.0}, reference)
+    cli.record_times("default", {"theory": 9.0, "toy_dynamics": 20.0}, measured)
+    assert cli.load_times(reference)["default"]["theory"]["seconds"] == 11.0
+    assert sorted(cli.update_reference(measured, reference)) == ["default/theory", "default/toy_dynamics"]
+    assert {name: entry["seconds"] for name, entry in cli.load_times(reference)["default"].items()} == \
+        {"theory": 9.0, "toy_dynamics": 20.0}
 
 
 @pytest.mark.parametrize(
@@ -101,18 +115,18 @@ def test_run_reports_a_failing_cell_and_keeps_the_notebook(tmp_path, capfd, monk
     assert not times.exists(), "a failed run is not a measured time"
 
 
-def test_run_writes_the_executed_chapter_and_its_labelled_figures(tmp_path):
-    result = stagewise("run", "theory", "--profile", "fast", "--out", str(tmp_path),
-                       STAGEWISE_CACHE=str(tmp_path / "cache"), STAGEWISE_TIMES=str(tmp_path / "times.json"))
-    assert result.returncode == 0, result.stderr[-2000:]
-    notebook = nbformat.read(tmp_path / "theory.ipynb", as_version=4)
+def test_run_writes_the_executed_chapter_its_labelled_figures_and_its_time(executed_page):
+    page = executed_page("theory")   # `python -m stagewise run theory --out DIR`, the session's one run of it
+    assert page.returncode == 0, page.log[-2000:]
+    notebook = nbformat.read(page.notebook, as_version=4)
     assert any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
-    figures = sorted(path.name for path in tmp_path.glob("*.png"))
+    figures = sorted(path.name for path in page.out.glob("*.png"))
     assert {"fig-theory-weights.png", "fig-theory-terms.png", "fig-theory-mc.png"} <= set(figures), figures
     for name in figures:
-        assert (tmp_path / name).stat().st_size > 10_000
-    assert "theory: " in result.stderr and "cell" in result.stderr   # the progress bar over cells
-    assert "theory" in json.loads((tmp_path / "times.json").read_text())["fast"]  # the tracked table is untouched
+        assert (page.out / name).stat().st_size > 10_000
+    progress_log = Path(f"{page.out}.progress.log").read_text()
+    assert "theory: " in progress_log and "cell" in progress_log   # the progress bar over cells
+    assert "theory" in json.loads((page.out / "chapter_times.json").read_text())["fast"], "its time, beside it"
 
 
 def test_progress_goes_to_the_named_file(tmp_path, monkeypatch):

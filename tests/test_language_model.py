@@ -186,11 +186,18 @@ def test_token_influence_end_to_end_on_a_tiny_run(tmp_path, monkeypatch):
     # the book's wrapper caches: a second call is served without sampling again
     cached = book_lm.token_draws(run, run.checkpoints.steps[-1], progress=False)
     torch.testing.assert_close(cached, draws)  # the same seeded chains
-    monkeypatch.setattr("stagewise.lm.experiment.sample_losses", None)
+    from stagewise.lm import experiment
+
+    samplings = []
+    original = experiment.sample_losses
+    monkeypatch.setattr(experiment, "sample_losses", lambda *a, **k: samplings.append(1) or original(*a, **k))
     assert torch.equal(book_lm.token_draws(run, run.checkpoints.steps[-1], progress=False), cached)
-    # another sampling set is another entry
-    with pytest.raises(TypeError):
-        book_lm.token_draws(run, run.checkpoints.steps[-1], sampling=run.sampling_ids[:16], progress=False)
+    assert samplings == [], "the cached entry was sampled again"
+    # another sampling set is another entry, sampled once and then served
+    other = book_lm.token_draws(run, run.checkpoints.steps[-1], sampling=run.sampling_ids[:16], progress=False)
+    assert samplings == [1] and other.shape == cached.shape
+    book_lm.token_draws(run, run.checkpoints.steps[-1], sampling=run.sampling_ids[:16], progress=False)
+    assert samplings == [1]
 
 
 def test_training_batches_mix_in_repeated_sequences_and_boost_in_a_window():

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import git_status
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = [
     "--headless",
@@ -94,24 +96,79 @@ class PageText(HTMLParser):
             self.hidden_solution_text.append(data)
 
 
+pytestmark = pytest.mark.uses_book
+BUILD = ROOT / "_build" / "test"
+
+
+def fill_execution_cache(pages: dict, cache_path: Path) -> None:
+    """A jupyter-cache of the pages executed by this session, for the build to reuse."""
+    import nbformat
+    from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
+
+    from stagewise.cli import load_times, read_notebook
+
+    shutil.rmtree(cache_path, ignore_errors=True)
+    cache = get_cache(str(cache_path))
+    for name, page in pages.items():
+        notebook = nbformat.read(page.notebook, as_version=4)
+        for cell in notebook.cells:
+            cell.metadata.pop("execution", None)   # nbclient's timings: not part of what the build matches
+        seconds = load_times(page.out / "chapter_times.json").get(os.environ["STAGEWISE_PROFILE"], {}).get(name, {})
+        source = ROOT / "book" / f"{name}.md"
+        cache.cache_notebook_bundle(CacheBundleIn(notebook, str(source), data={"execution_seconds": seconds.get("seconds")}),
+                                    check_validity=False, overwrite=True)
+        try:   # the build reads the page as read_notebook does: it must find this execution
+            cache.match_cache_notebook(read_notebook(source))
+        except KeyError:
+            pytest.fail(f"{name}: the executed notebook does not match the page; the build would execute it again")
+
+
 @pytest.fixture(scope="module")
-def built_book(tmp_path_factory) -> Path:
-    reuse = os.environ.get("STAGEWISE_BUILT_BOOK")   # an html folder already built from this tree
-    if reuse:
-        return Path(reuse)
-    out = tmp_path_factory.mktemp("book")
-    env = dict(os.environ, STAGEWISE_PROFILE="fast", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+def built_book(executed_pages) -> Path:
+    """The book built (fast profile) from the pages this session executed: nothing runs twice."""
+    import yaml
+
+    cache_path = BUILD / "jupyter_cache"
+    fill_execution_cache(executed_pages, cache_path)
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    config["execute"].update(execute_notebooks="cache", cache=str(cache_path))
+    config["sphinx"]["local_extensions"] = {name: str(ROOT / path) for name, path in config["sphinx"]["local_extensions"].items()}
+    config_file = BUILD / "_config.yml"
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+    out = BUILD / "book"
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env.pop("STAGEWISE_TIMES", None)
     build = subprocess.run(
-        [
-            "jupyter-book", "build", ".", "-W",
-            "--config", str(ROOT / "_config.yml"),
-            "--toc", str(ROOT / "_toc.yml"),
-            "--path-output", str(out),
-        ],
+        ["jupyter-book", "build", ".", "-W", "--all", "--config", str(config_file), "--toc", str(ROOT / "_toc.yml"),
+         "--path-output", str(out)],
         cwd=ROOT / "book", env=env, capture_output=True, text=True,
     )
-    assert build.returncode == 0, f"the book build failed:\n{(build.stdout + build.stderr)[-4000:]}"
+    log = build.stdout + build.stderr
+    assert build.returncode == 0, f"the book build failed:\n{log[-4000:]}"
+    executed = re.findall(r"Executing notebook.*", log)
+    assert not executed, f"the build executed pages this session had executed already: {executed}"
     return out / "_build" / "html"
+
+
+def test_the_build_shows_what_this_session_computed(built_book, executed_pages):
+    import nbformat
+
+    def printed(notebook) -> list[str]:
+        return [output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                for output in cell.get("outputs", []) if output.get("name") == "stdout"]
+
+    for name, page in executed_pages.items():
+        shown = nbformat.read(built_book.parent / "jupyter_execute" / f"{name}.ipynb", as_version=4)
+        assert printed(shown) == printed(nbformat.read(page.notebook, as_version=4)), name
+
+
+def test_running_the_book_leaves_the_checkout_as_it_was(built_book, request):
+    before = request.config._stagewise_git_status
+    if before is None:
+        pytest.skip("not a git checkout")
+    assert git_status() == before, "executing the chapters or building the book changed the source tree"
 
 
 def rendered(page: Path, tmp_path: Path) -> PageText:

@@ -140,12 +140,13 @@ def test_domain_modules_neither_cache_nor_read_profiles():
         assert not imported & {"stagewise.cache", "stagewise.profiles"}, path.name
 
 
-def test_training_takes_a_device_and_returns_cpu_tensors(data):
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU to compare with the CPU")
+def test_training_on_a_gpu_returns_cpu_tensors_that_match_the_cpu_run(data):
     config = toy.TrainingConfig(epochs=50)
+    on_gpu = toy.train_linear_network(data, config, np.array([0, 50]), device="cuda")
     on_cpu = toy.train_linear_network(data, config, np.array([0, 50]), device="cpu")
-    default = toy.train_linear_network(data, config, np.array([0, 50]))
-    assert on_cpu.W1.device.type == "cpu"
-    torch.testing.assert_close(on_cpu.W1, default.W1)
+    assert on_gpu.W1.device.type == "cpu"
+    torch.testing.assert_close(on_gpu.W1, on_cpu.W1)
 
 
 def test_strided_trajectory_samples_what_the_full_one_samples_there(experiment):

@@ -4,8 +4,8 @@
   progress destination of :mod:`stagewise.progress` (``$STAGEWISE_PROGRESS``, which ``make book``
   follows on the console), and after it prints the chapter's execution time.
 * At the end of a build that executed chapters it records their times, per profile, in the
-  file named by ``$STAGEWISE_TIMES`` (``make book`` names ``src/stagewise/chapter_times.json``,
-  which ``python -m stagewise list`` reads); unset, nothing is recorded (the test build).
+  file named by ``$STAGEWISE_TIMES`` (``make book`` names ``_build/chapter_times.json``, which
+  ``python -m stagewise list`` shows beside the reference table); unset, nothing is recorded.
 * The library's docstrings write ``|x|`` for an absolute value; reStructuredText would read it
   as an undefined substitution, so the API page escapes bars outside literals and tables.
 * It offers each executed chapter for download as ``.ipynb`` (with its outputs) beside the
@@ -68,7 +68,7 @@ def on_build_finished(app: Sphinx, exception: Exception | None) -> None:
         and data["exec_data"].get("runtime")
     }
     if times:
-        path = record_times(get_profile().name, times, path=Path(target))
+        path = record_times(get_profile().name, times, Path(target))
         announce(f"[stagewise] chapter times recorded in {path}")
 
 

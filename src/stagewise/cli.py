@@ -3,7 +3,7 @@
     python -m stagewise list
     python -m stagewise run CHAPTER [--profile P] [--device D] [--out DIR]
 
-``run`` executes the chapter's notebook (a MyST-Markdown file in ``book/``, read with jupytext)
+``run`` executes the chapter's notebook (a MyST-Markdown file in ``book/``, read as the book build reads it)
 in a fresh Jupyter kernel, cell by cell with a progress bar, and writes to ``DIR`` (default
 ``_build/run/CHAPTER``) the executed notebook ``CHAPTER.ipynb`` and each figure as a PNG file.
 The profile and device reach the chapter through the environment variables
@@ -11,8 +11,11 @@ The profile and device reach the chapter through the environment variables
 sampling) are shown on this console through ``STAGEWISE_PROGRESS`` (see
 :mod:`stagewise.progress`).
 
-Chapter times are kept, per profile, in ``chapter_times.json`` beside this module: the book
-build (``book/_ext/stagewise_build.py``) and ``run`` record what they measured there.
+Measured chapter times never go into the source tree: ``run`` records its time in
+``DIR/chapter_times.json`` (or where ``$STAGEWISE_TIMES`` points), the book build
+(``book/_ext/stagewise_build.py``) in ``_build/chapter_times.json``.  ``list`` shows those beside
+the *reference* table ``chapter_times.json`` beside this module, which changes only when someone
+runs ``list --update-reference`` on purpose (each entry names its machine and load).
 """
 
 from __future__ import annotations
@@ -36,7 +39,12 @@ from stagewise.profiles import PROFILE_ENV, PROFILES
 ROOT = Path(__file__).resolve().parents[2]
 BOOK = ROOT / "book"
 TOC = ROOT / "_toc.yml"
-TIMES = Path(__file__).with_name("chapter_times.json")
+REFERENCE_TIMES = Path(__file__).with_name("chapter_times.json")
+"""Chapter times per profile measured on a named machine, kept in the repository."""
+MEASURED_TIMES = ROOT / "_build" / "chapter_times.json"
+"""Where the book build records what it measured in this checkout (``make book`` points
+``$STAGEWISE_TIMES`` here)."""
+TIMES_ENV = "STAGEWISE_TIMES"
 DEVICE_ENV = "STAGEWISE_DEVICE"
 
 
@@ -51,8 +59,10 @@ class Chapter:
     path: Path
 
 
-def chapters(book: Path = BOOK, toc: Path = TOC) -> list[Chapter]:
-    """The executable chapters, in the order of ``_toc.yml``.
+def chapters(book: Path = BOOK, toc: Path = TOC, every_part: bool = False) -> list[Chapter]:
+    """The executable chapters, in the order of ``_toc.yml``: the pages of its first part that
+    are notebooks, or with ``every_part`` every notebook page of the book (the reproducibility
+    page too).
 
     Raises ``FileNotFoundError`` when the book is not there (an installed package without the
     repository)."""
@@ -62,7 +72,7 @@ def chapters(book: Path = BOOK, toc: Path = TOC) -> list[Chapter]:
         raise FileNotFoundError(f"the book's table of contents {toc} is missing; run from a clone of the repository")
     entries = yaml.safe_load(toc.read_text(encoding="utf-8"))
     parts = entries.get("parts") or [entries]
-    names = [entry["file"] for entry in parts[0].get("chapters", [])]   # the first part: the chapters
+    names = [entry["file"] for part in (parts if every_part else parts[:1]) for entry in part.get("chapters", [])]
     found = []
     for name in names:
         path = book / f"{name}.md"
@@ -84,7 +94,7 @@ def valid_devices() -> list[str]:
     return devices
 
 
-def load_times(path: Path = TIMES) -> dict[str, dict[str, dict]]:
+def load_times(path: Path = REFERENCE_TIMES) -> dict[str, dict[str, dict]]:
     """``{profile: {chapter: {"seconds": ..., "machine": ..., "measured": ..., "by": ...}}}``."""
     if not path.exists():
         return {}
@@ -106,16 +116,37 @@ def machine() -> str:
     return description
 
 
-def record_times(profile: str, seconds: dict[str, float], by: str = "book build", path: Path = TIMES) -> Path:
-    """Merge measured execution times (seconds per chapter name) for ``profile`` into ``path``."""
+def record_times(profile: str, seconds: dict[str, float], path: Path, by: str = "book build") -> Path:
+    """Merge measured execution times (seconds per chapter name) for ``profile`` into ``path``
+    (a file under ``_build/`` or a run's output folder; never the reference table)."""
     table = load_times(path)
     stamp = datetime.date.today().isoformat()
     where = machine()
     for name, value in seconds.items():
         table.setdefault(profile, {})[name] = {"seconds": round(float(value), 1), "machine": where,
                                                "measured": stamp, "by": by}
-    path.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(path, table)
     return path
+
+
+def _write_json(path: Path, table: dict) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
+def update_reference(measured: Path = MEASURED_TIMES, reference: Path = REFERENCE_TIMES) -> list[str]:
+    """Copy the times measured in this checkout into the reference table, on purpose; returns
+    ``profile/chapter`` of each entry copied."""
+    table, new = load_times(reference), load_times(measured)
+    changed = []
+    for profile, entries in new.items():
+        for name, entry in entries.items():
+            table.setdefault(profile, {})[name] = entry
+            changed.append(f"{profile}/{name}")
+    _write_json(reference, table)
+    return changed
 
 
 def _format_seconds(entry: dict | None) -> str:
@@ -125,17 +156,26 @@ def _format_seconds(entry: dict | None) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
-def command_list() -> int:
-    """Print the chapters with their measured time per profile."""
-    times = load_times()
-    table = [(str(ch.number), ch.name, ch.title, *(_format_seconds(times.get(p, {}).get(ch.name)) for p in PROFILES))
-             for ch in chapters()]
+def command_list(measured: Path = MEASURED_TIMES, reference: Path = REFERENCE_TIMES) -> int:
+    """Print the chapters with their reference time per profile and, beside it, what this
+    checkout measured (``here``) when it did."""
+    times, here = load_times(reference), load_times(measured)
+
+    def cell(profile: str, name: str) -> str:
+        text = _format_seconds(times.get(profile, {}).get(name))
+        ours = here.get(profile, {}).get(name)
+        return f"{text} (here {_format_seconds(ours)})" if ours else text
+
+    table = [(str(ch.number), ch.name, ch.title, *(cell(p, ch.name) for p in PROFILES)) for ch in chapters()]
     header = ("#", "chapter", "title", *PROFILES)
     widths = [max(len(row[k]) for row in [header, *table]) for k in range(len(header))]
     for row in [header, *table]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     machines = sorted({entry["machine"] for per in times.values() for entry in per.values()})
-    print(f"\nTimes measured on: {'; '.join(machines) or 'nothing yet'} (see {TIMES.name}).")
+    print(f"\nReference times ({reference.name}, updated with `list --update-reference`) measured on: "
+          f"{'; '.join(machines) or 'nothing yet'}.")
+    if here:
+        print(f"'here': measured in this checkout ({measured}).")
     return 0
 
 
@@ -184,11 +224,11 @@ def figures(notebook) -> list[tuple[str, bytes]]:
     return found
 
 
-def command_run(chapter: Chapter, profile: str, device: str, out: Path, times: Path = TIMES) -> int:
+def command_run(chapter: Chapter, profile: str, device: str, out: Path, times: Path | None = None) -> int:
     """Execute ``chapter`` under ``profile`` on ``device`` into ``out``; record its time in ``times``.
 
-    Returns the exit status: 0, or 1 when a cell raised (the notebook so far is still written)."""
-    import jupytext
+    ``times`` defaults to ``out/chapter_times.json``.  Returns the exit status: 0, or 1 when a
+    cell raised (the notebook so far is still written)."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -196,7 +236,8 @@ def command_run(chapter: Chapter, profile: str, device: str, out: Path, times: P
     from stagewise.progress import PROGRESS_ENV, progress
 
     out.mkdir(parents=True, exist_ok=True)
-    notebook = jupytext.read(chapter.path)
+    times = times or out / "chapter_times.json"
+    notebook = read_notebook(chapter.path)
     os.environ[PROFILE_ENV] = profile
     os.environ[DEVICE_ENV] = device
     log = None
@@ -233,10 +274,23 @@ def command_run(chapter: Chapter, profile: str, device: str, out: Path, times: P
         last = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         print(f"chapter {chapter.name} failed in cell {index}: {last} (notebook so far: {target})", file=sys.stderr)
         return 1
-    record_times(profile, {chapter.name: elapsed}, by="stagewise run", path=times)
+    record_times(profile, {chapter.name: elapsed}, times, by="stagewise run")
     print(f"{chapter.name}: executed in {elapsed:.0f} s; wrote {target} and {len(figures(notebook))} figures to {out}",
           file=sys.stderr)
     return 0
+
+
+def read_notebook(path: Path):
+    """The chapter as the book build reads it (MyST-NB's reader), so that an executed copy
+    matches the build's cache of executed notebooks cell for cell."""
+    import yaml
+    from myst_nb.core.read import read_myst_markdown_notebook
+    from myst_parser.config.main import MdParserConfig
+
+    config = ROOT / "_config.yml"
+    parse = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("parse", {}) if config.exists() else {}
+    markdown = MdParserConfig(enable_extensions=set(parse.get("myst_enable_extensions", [])))
+    return read_myst_markdown_notebook(path.read_text(encoding="utf-8"), markdown, add_source_map=True, path=str(path))
 
 
 def _choose(kind: str, value: str, valid: list[str]) -> None:
@@ -249,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m stagewise``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m stagewise", description="The stagewise book's chapters.")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="the chapters, with their measured time per profile")
+    listing = commands.add_parser("list", help="the chapters, with their reference and measured time per profile")
+    listing.add_argument("--update-reference", action="store_true",
+                         help=f"copy the times measured in this checkout ({MEASURED_TIMES}) into the reference table")
     run = commands.add_parser("run", help="execute one chapter into a directory, without building the book")
     run.add_argument("chapter", help="chapter name (e.g. theory) or number")
     run.add_argument("--profile", default=os.environ.get(PROFILE_ENV) or "default",
@@ -260,8 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "list":
+        if args.update_reference:
+            changed = update_reference()
+            print(f"reference table updated: {', '.join(changed) or 'nothing measured yet'}")
         return command_list()
-    book = chapters()
+    book = chapters(every_part=True)   # the chapters, and notebook pages such as reproducibility
     by_name = {chapter.name: chapter for chapter in book} | {str(chapter.number): chapter for chapter in book}
     if args.chapter not in by_name:
         _choose("chapter", args.chapter, [chapter.name for chapter in book])
@@ -269,6 +328,6 @@ def main(argv: list[str] | None = None) -> int:
     _choose("device", args.device, valid_devices())
     chapter = by_name[args.chapter]
     out = args.out if args.out is not None else ROOT / "_build" / "run" / chapter.name
-    # like the book build, record where $STAGEWISE_TIMES points (default: the table `list` reads)
-    times = Path(os.environ.get("STAGEWISE_TIMES", "").strip() or TIMES)
-    return command_run(chapter, args.profile, args.device, out, times)
+    # like the book build, record where $STAGEWISE_TIMES points (default: beside the run's output)
+    times = os.environ.get(TIMES_ENV, "").strip()
+    return command_run(chapter, args.profile, args.device, out, Path(times) if times else None)

@@ -18,6 +18,7 @@ variable ``STAGEWISE_PROGRESS``:
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from collections.abc import Iterable
@@ -32,6 +33,12 @@ PROGRESS_ENV = "STAGEWISE_PROGRESS"
 T = TypeVar("T")
 
 _streams: dict[str, IO[str]] = {}
+
+
+@atexit.register
+def _close_streams() -> None:
+    for stream in _streams.values():
+        stream.close()
 
 
 def progress_stream() -> IO[str] | None:
