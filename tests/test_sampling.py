@@ -231,12 +231,13 @@ def test_data_on_another_device_is_a_clear_error():
 
 
 def test_bif_trajectory_reports_health_per_checkpoint():
-    rows = torch.randn(16, 2, dtype=torch.float64)
-    cliff = lambda m, r: torch.where(m.w[0] > 5, float("nan"), r @ m.w)  # the loss ends at w_0 = 5
+    rows = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    # a quadratic well at w = 0 whose loss ends (NaN) past w_0 = 5
+    cliff = lambda m, r: torch.where(m.w[0] > 5, float("nan"), 0.5 * (r @ m.w) ** 2)
     checkpoints = [{"w": torch.zeros(2, dtype=torch.float64)}, {"w": torch.tensor([4.99, 0.0], dtype=torch.float64)}]
-    config = SGLDConfig(epsilon=1e-3, nbeta=5.0, gamma=50.0, chains=3, draws=40)
+    config = SGLDConfig(epsilon=1e-2, nbeta=5.0, gamma=50.0, chains=3, draws=200)
     result = bif_trajectory(Linear(2), cliff, rows, checkpoints, config, progress=False)
-    assert result.bif.shape == (2, 16, 16) and result.loss_trace.shape == (2, 3, 40) and result.rhat.shape == (2,)
+    assert result.bif.shape == (2, 16, 16) and result.loss_trace.shape == (2, 3, 200) and result.rhat.shape == (2,)
     assert result.verdicts == ["healthy", "diverged"] and not result.healthy
     assert torch.isnan(result.bif[1]).all() and torch.isfinite(result.bif[0]).all()
     assert result.summary().startswith("2 checkpoints: 1 healthy, 1 diverged")
