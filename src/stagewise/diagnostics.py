@@ -220,9 +220,13 @@ class StepChange:
 
 def step_change(bif: torch.Tensor, bif_se: torch.Tensor, llc: torch.Tensor, llc_se: torch.Tensor,
                 ref_bif: torch.Tensor, ref_bif_se: torch.Tensor, ref_llc: torch.Tensor, ref_llc_se: torch.Tensor,
-                criteria: Criteria = Criteria()) -> StepChange:
+                ref_llc_scale: torch.Tensor | None = None, criteria: Criteria = Criteria()) -> StepChange:
     """Compare estimates at one step (``bif`` ``(K, n, n_obs)``, ``llc`` ``(K,)``, with their
     standard errors) with those at a smaller reference step.
+
+    The LLC's relative change is ``|Δλ| / max(|λ_ref|, s_ref)`` with ``s_ref`` the reference's
+    ``llc_scale`` (``nβ`` times the posterior spread of the mean loss), so that an LLC near 0
+    (a checkpoint away from a minimum) is judged on the scale of its fluctuations.
 
     A BIF difference is significant when ``Q = Σ Δ²/(se² + se_ref²)`` over the ``N`` entries
     exceeds ``N + z·√(2N)`` (the chi-square's upper tail); an LLC difference when
@@ -235,7 +239,10 @@ def step_change(bif: torch.Tensor, bif_se: torch.Tensor, llc: torch.Tensor, llc_
     q = (delta.pow(2) / variance.clamp_min(1e-300)).sum(1)
     relative_bif = delta.norm(dim=1) / ref_bif.double().flatten(1).norm(dim=1).clamp_min(1e-300)
     delta_llc = (llc - ref_llc).double()
-    relative_llc = delta_llc.abs() / ref_llc.double().abs().clamp_min(1e-300)
+    scale = ref_llc.double().abs()
+    if ref_llc_scale is not None:
+        scale = torch.maximum(scale, ref_llc_scale.double())
+    relative_llc = delta_llc.abs() / scale.clamp_min(1e-300)
     return StepChange(
         bif=relative_bif, llc=relative_llc,
         bif_significant=q > entries + criteria.z * math.sqrt(2 * entries),

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from stagewise.diagnostics import (
-    DIVERGED, HEALTHY, STEP_SENSITIVE, TOO_LITTLE_SIGNAL, VERDICTS, Criteria, StepChange, bif_standard_error,
+    DIVERGED, DRIFTING, HEALTHY, STEP_SENSITIVE, TOO_LITTLE_SIGNAL, UNMIXED, VERDICTS, Criteria, StepChange, bif_standard_error,
     chain_rhat, find_burn_in, judge, little_signal, split_rhat, standard_error, step_change,
 )
 from stagewise.sampling import LossDraws, LossFn, SGLDConfig, sample_losses
@@ -102,6 +102,7 @@ class BIFTrajectory:
     burn_in: torch.Tensor
     split_rhat: torch.Tensor
     reasons: list[list[tuple[str, str]]]
+    llc_scale: torch.Tensor
     step_change: StepChange | None = None
     reference: BIFTrajectory | None = None
 
@@ -136,7 +137,7 @@ def _estimate(draws: LossDraws, normalized: bool, dimension: int, criteria: Crit
     bif_se = torch.empty_like(bif)
     rhat, split = torch.empty(K, dtype=torch.float64), torch.empty(K, dtype=torch.float64)
     series = draws.sampling.double().mean(dim=-1)  # (K, C, T): the mean loss at every draw
-    llc_se = torch.empty(K, dtype=torch.float64)
+    llc_se, llc_scale = torch.empty(K, dtype=torch.float64), torch.empty(K, dtype=torch.float64)
     diverged = ((draws.diverged_at >= 0).any(dim=1) if draws.diverged_at is not None
                 else torch.zeros(K, dtype=torch.bool))
     reasons = []
@@ -148,6 +149,7 @@ def _estimate(draws: LossDraws, normalized: bool, dimension: int, criteria: Crit
         bif_se[k] = bif_standard_error(kept, kept_queries, normalized=normalized)
         rhat[k], split[k] = chain_rhat(trace[k, :, b:]), split_rhat(trace[k, :, b:])
         llc_se[k] = draws.config.nbeta * standard_error(series[k, :, b:])
+        llc_scale[k] = draws.config.nbeta * series[k, :, b:].std()
     llc = local_learning_coefficient(draws, burn_in)
     for k in range(K):
         little = not bool(diverged[k]) and little_signal((draws.sampling if queries is None else queries)[k, :, int(burn_in[k]):])
@@ -156,7 +158,7 @@ def _estimate(draws: LossDraws, normalized: bool, dimension: int, criteria: Crit
     return BIFTrajectory(bif=bif, normalized=normalized, llc=llc, loss_trace=trace, rhat=rhat,
                          verdicts=[found[0][0] if found else HEALTHY for found in reasons], draws=draws, bif_se=bif_se,
                          llc_se=llc_se, burn_in=burn_in,
-                         split_rhat=split, reasons=reasons)
+                         split_rhat=split, reasons=reasons, llc_scale=llc_scale)
 
 
 def _dimension(model: nn.Module) -> int:
@@ -222,7 +224,8 @@ def bif_trajectory(
                                checkpoint_indices=checkpoint_indices, vectorize=vectorize, progress=progress,
                                criteria=criteria)
     change = step_change(result.bif, result.bif_se, result.llc, result.llc_se,
-                         reference.bif, reference.bif_se, reference.llc, reference.llc_se, criteria)
+                         reference.bif, reference.bif_se, reference.llc, reference.llc_se, reference.llc_scale,
+                         criteria)
     sensitive = change.sensitive(criteria.step_tolerance)
     for k in range(len(result.verdicts)):
         if bool(sensitive[k]) and result.verdicts[k] not in (DIVERGED, TOO_LITTLE_SIGNAL):
@@ -274,6 +277,186 @@ def local_bif(
     b = int(find_burn_in(recorded.loss_trace)[0]) if config.burn_in is None else 0
     observed = None if recorded.observables is None else recorded.observables[:, :, b:]
     return bif_matrix(recorded.sampling[:, :, b:], observed, normalized=normalized)[0].to(torch.get_default_dtype())
+
+
+DEFAULT_EPSILONS = tuple(1e-3 * 0.5**k for k in range(14))
+"""The step sizes :func:`calibrate` tries by default: 1e-3 halved 13 times, down to 1.2e-7."""
+
+
+@dataclass
+class Calibration:
+    """What :func:`calibrate` tried and what it chose.
+
+    ``config``: the chosen :class:`~stagewise.sampling.SGLDConfig`, ready for
+    :func:`bif_trajectory`.  ``table``: one row (a dict; ``pandas.DataFrame(table)`` makes it a
+    frame) per setting and checkpoint with ``epsilon``, ``nbeta``, ``gamma``, ``checkpoint``,
+    ``llc``, ``llc_se``, ``bif_change`` and ``llc_change`` (relative change against the
+    next-smaller step; NaN for the smallest tried), ``rhat``, ``split_rhat``, ``burn_in``,
+    ``diverged``, ``verdict`` and ``passes`` (whether the setting as a whole passes the rule).
+    ``runs``: the :class:`BIFTrajectory` of every setting tried, keyed by
+    ``(epsilon, nbeta, gamma)``.  ``criteria``: the thresholds used.
+    """
+
+    config: SGLDConfig
+    table: list[dict[str, Any]]
+    runs: dict[tuple[float, float, float], BIFTrajectory]
+    criteria: Criteria
+
+    def __str__(self) -> str:
+        columns = ["epsilon", "nbeta", "gamma", "checkpoint", "llc", "llc_se", "bif_change", "llc_change", "rhat",
+                   "burn_in", "verdict", "passes"]
+        def cell(value: Any) -> str:
+            return f"{value:.3g}" if isinstance(value, float) else str(value)
+        rows = [[cell(row[c]) for c in columns] for row in self.table]
+        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+        lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+        lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows]
+        return "\n".join(lines + [f"chosen: {self.config.describe()}"])
+
+    def plot(self):
+        """A matplotlib figure: the relative change of the BIF and of the LLC against the
+        next-smaller step, and the LLC with its standard error, against the step size, per
+        (nβ, γ) and checkpoint, with the tolerance and the chosen step marked."""
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter
+
+        fig, (change_ax, llc_ax) = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
+        groups = sorted({(row["nbeta"], row["gamma"], row["checkpoint"]) for row in self.table})
+        for nbeta, gamma, checkpoint in groups:
+            rows = sorted((r for r in self.table if (r["nbeta"], r["gamma"], r["checkpoint"]) == (nbeta, gamma, checkpoint)),
+                          key=lambda r: r["epsilon"])
+            eps = [r["epsilon"] for r in rows]
+            label = f"nβ={nbeta:g}, γ={gamma:g}, ckpt {checkpoint}"
+            line, = change_ax.plot(eps, [r["bif_change"] for r in rows], marker="o", label=f"BIF, {label}")
+            change_ax.plot(eps, [r["llc_change"] for r in rows], marker="s", linestyle="--", color=line.get_color(),
+                           label=f"LLC, {label}")
+            llc_ax.errorbar(eps, [r["llc"] for r in rows], yerr=[self.criteria.z * r["llc_se"] for r in rows],
+                            marker="o", capsize=2, color=line.get_color(), label=label)
+        change_ax.axhline(self.criteria.step_tolerance, color="0.4", linestyle=":", label="tolerance")
+        for ax in (change_ax, llc_ax):
+            ax.axvline(self.config.epsilon, color="0.6", linewidth=4, alpha=0.4, label="chosen ε")
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel("step size ε")
+        change_ax.set(yscale="log", ylabel="relative change vs next-smaller ε",
+                      title="BIF (solid) and LLC (dashed); colours as right")
+        change_ax.legend(handles=change_ax.lines[-2:-1], fontsize=7)
+        llc_ax.set(ylabel="LLC (± z·s.e.)", title="LLC")
+        llc_ax.legend(fontsize=7)
+        return fig
+
+
+def calibrate(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    checkpoints: Sequence[Mapping[str, torch.Tensor]],
+    *,
+    nbeta: float | Sequence[float],
+    gamma: float | Sequence[float],
+    epsilons: Sequence[float] | None = None,
+    observables: Any | None = None,
+    checkpoint_indices: Sequence[int] | None = None,
+    device: torch.device | str | None = None,
+    criteria: Criteria | None = None,
+    exhaustive: bool = False,
+    progress: bool = True,
+    **settings: Any,
+) -> Calibration:
+    """Choose the SGLD step size: try ``epsilons`` at a few ``checkpoints`` and keep the largest
+    step whose estimates do not depend on it.
+
+    **Rule.**  Steps are tried from the largest down (default :data:`DEFAULT_EPSILONS`, halvings
+    of 1e-3), each with one :func:`bif_trajectory` at all ``checkpoints``.  A step ``ε`` passes
+    when, at every checkpoint, (1) neither ``ε`` nor the next-smaller step ``ε'`` has a chain
+    that diverged, failed to mix, drifted or showed too little signal (the verdicts of
+    :mod:`stagewise.diagnostics`; an LLC out of range is reported but does not fail it), and
+    (2) the BIF and the LLC at ``ε`` agree with those at ``ε'`` within
+    ``criteria.step_tolerance`` (default 10 %): ``‖BIF_ε − BIF_ε'‖_F ≤ tol·‖BIF_ε'‖_F`` and
+    ``|λ_ε − λ_ε'| ≤ tol·|λ_ε'|``.  The chosen step is the largest that passes; the search
+    stops there unless ``exhaustive``.  SGLD's bias grows about linearly with ``ε``, so on a
+    grid of halvings the chosen step's bias is about twice the measured change, at most
+    ``2·tol``.  Monte-Carlo error makes agreement harder, never easier: if no step passes,
+    raise the draws (``draws=``) or the chains.  Raises ``ValueError`` with the table when no
+    setting passes.
+
+    ``nbeta`` and ``gamma``: one value or several (every pair is tried; they choose the
+    posterior, the step only how well it is sampled).  The chosen pair is the one with the
+    largest passing step, the first given on a tie.  ``settings``: the other fields of
+    :class:`~stagewise.sampling.SGLDConfig` (``chains``, ``draws``, ``burn_in``,
+    ``preconditioner``, ``batch_size``, ``seed``, …), used for every run and in the chosen
+    config.  Costs one :func:`bif_trajectory` on ``checkpoints`` per step tried (a diverging
+    step stops early); measured in ``bench/calibration_cost.py``.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Linear(2, 1).double()
+    >>> x = torch.randn(32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    >>> y = x @ torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
+    >>> loss = lambda m, batch: 0.5 * ((m(batch[0]) - batch[1]) ** 2).sum(-1)
+    >>> calibration = calibrate(model, loss, (x, y), [model.state_dict()], nbeta=32, gamma=10,
+    ...                         epsilons=[0.2, 0.1, 0.05, 0.025, 0.0125], chains=4, draws=400,
+    ...                         preconditioner="none", progress=False)
+    >>> calibration.config.epsilon < 0.2   # the largest step is biased
+    True
+    """
+    criteria = criteria or Criteria()
+    grid = sorted(DEFAULT_EPSILONS if epsilons is None else epsilons, reverse=True)
+    if len(grid) < 2 or len(set(grid)) != len(grid) or grid[-1] <= 0:
+        raise ValueError(f"epsilons must hold at least two distinct positive steps, got {list(grid)}")
+    nbetas = [float(nbeta)] if isinstance(nbeta, (int, float)) else [float(v) for v in nbeta]
+    gammas = [float(gamma)] if isinstance(gamma, (int, float)) else [float(v) for v in gamma]
+    runs: dict[tuple[float, float, float], BIFTrajectory] = {}
+    table: list[dict[str, Any]] = []
+    chosen: list[tuple[float, float, float]] = []
+    failing = (DIVERGED, TOO_LITTLE_SIGNAL, UNMIXED, DRIFTING)
+
+    def run(epsilon: float, nb: float, g: float) -> BIFTrajectory:
+        if (epsilon, nb, g) not in runs:
+            config = SGLDConfig(epsilon=epsilon, nbeta=nb, gamma=g, **settings)
+            runs[(epsilon, nb, g)] = bif_trajectory(model, loss_fn, data, checkpoints, config, observables, device,
+                                                    checkpoint_indices=checkpoint_indices, progress=progress,
+                                                    criteria=criteria)
+        return runs[(epsilon, nb, g)]
+
+    for nb in nbetas:
+        for g in gammas:
+            found = False
+            for i, epsilon in enumerate(grid):
+                if found and not exhaustive:
+                    break
+                current = run(epsilon, nb, g)
+                smaller = run(grid[i + 1], nb, g) if i + 1 < len(grid) else None
+                if smaller is not None:
+                    change = step_change(current.bif, current.bif_se, current.llc, current.llc_se,
+                                         smaller.bif, smaller.bif_se, smaller.llc, smaller.llc_se,
+                                         smaller.llc_scale, criteria)
+                    bif_change, llc_change = change.bif.tolist(), change.llc.tolist()
+                    healthy = all(v not in failing for v in current.verdicts + smaller.verdicts)
+                    passes = healthy and all(c <= criteria.step_tolerance for c in bif_change + llc_change)
+                else:
+                    bif_change = llc_change = [float("nan")] * len(current.verdicts)
+                    passes = False
+                indices = current.draws.checkpoint_indices or range(len(current.verdicts))
+                for k, index in enumerate(indices):
+                    table.append({
+                        "epsilon": epsilon, "nbeta": nb, "gamma": g, "checkpoint": int(index),
+                        "llc": float(current.llc[k]), "llc_se": float(current.llc_se[k]),
+                        "bif_change": bif_change[k], "llc_change": llc_change[k], "rhat": float(current.rhat[k]),
+                        "split_rhat": float(current.split_rhat[k]), "burn_in": int(current.burn_in[k]),
+                        "diverged": current.verdicts[k] == DIVERGED, "verdict": current.verdicts[k], "passes": passes,
+                    })
+                if passes and not found:
+                    chosen.append((epsilon, nb, g))
+                    found = True
+    if not chosen:
+        empty = Calibration(SGLDConfig(epsilon=grid[-1], nbeta=nbetas[0], gamma=gammas[0], **settings), table, runs,
+                            criteria)
+        raise ValueError("no step size passes the calibration rule (healthy at it and the next-smaller step, BIF and "
+                         f"LLC within {criteria.step_tolerance:.0%} of those there); more draws or chains, smaller "
+                         "steps, or another nbeta/gamma may help:\n" + "\n".join(str(empty).splitlines()[:-1]))
+    epsilon, nb, g = max(chosen, key=lambda setting: setting[0])
+    return Calibration(SGLDConfig(epsilon=epsilon, nbeta=nb, gamma=g, **settings), table, runs, criteria)
 
 
 def trace_correlation(traces: np.ndarray, reference: np.ndarray) -> np.ndarray:
