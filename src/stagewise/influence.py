@@ -388,16 +388,20 @@ def calibrate(
     config.  Costs one :func:`bif_trajectory` on ``checkpoints`` per step tried (a diverging
     step stops early); measured in ``bench/calibration_cost.py``.
 
+    Linear regression at its least-squares fit (an exactly Gaussian posterior):
+
     >>> import torch
     >>> from torch import nn
-    >>> model = nn.Linear(2, 1).double()
-    >>> x = torch.randn(32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    >>> y = x @ torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
+    >>> generator = torch.Generator().manual_seed(0)
+    >>> x = torch.randn(32, 2, dtype=torch.float64, generator=generator)
+    >>> y = x @ torch.tensor([[1.0], [-1.0]], dtype=torch.float64) + torch.randn(32, 1, dtype=torch.float64,
+    ...                                                                          generator=generator)
+    >>> model = nn.Linear(2, 1, bias=False).double()
+    >>> fit = {"weight": torch.linalg.lstsq(x, y).solution.T}
     >>> loss = lambda m, batch: 0.5 * ((m(batch[0]) - batch[1]) ** 2).sum(-1)
-    >>> calibration = calibrate(model, loss, (x, y), [model.state_dict()], nbeta=32, gamma=10,
-    ...                         epsilons=[0.2, 0.1, 0.05, 0.025, 0.0125], chains=4, draws=400,
-    ...                         preconditioner="none", progress=False)
-    >>> calibration.config.epsilon < 0.2   # the largest step is biased
+    >>> calibration = calibrate(model, loss, (x, y), [fit], nbeta=32, gamma=10, epsilons=[0.04, 0.02, 0.01, 0.005],
+    ...                         chains=16, draws=500, preconditioner="none", progress=False)
+    >>> calibration.config.epsilon < 0.04   # the largest step is biased
     True
     """
     criteria = criteria or Criteria()
