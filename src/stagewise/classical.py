@@ -179,10 +179,12 @@ def _per_sample_loss_of_flat_weights(model: nn.Module, loss_fn: LossFn, data) ->
         return functional_call(objective, params, (data,), strict=False)
 
     def flatten(checkpoint: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        theta = torch.cat([torch.as_tensor(checkpoint[name], device=device).reshape(-1) for name in names]).double()
+        pieces = [torch.as_tensor(checkpoint[name], device=device).reshape(-1) for name in names]
+        theta = torch.cat(pieces).double()
         if not bool(torch.isfinite(theta).all()):
-            bad = [name for name in names if not bool(torch.isfinite(torch.as_tensor(checkpoint[name])).all())]
-            raise ValueError(f"weights {bad} of a checkpoint are not finite; the Gaussian limit needs finite weights")
+            bad = [name for name, piece in zip(names, pieces) if not bool(torch.isfinite(piece).all())]
+            raise ValueError(f"weights {bad} of a checkpoint are not finite; the Gaussian limit needs "
+                             f"finite weights")
         return theta
 
     return losses, flatten
@@ -236,8 +238,8 @@ def available_memory(device: torch.device) -> int:
 def _check_memory(needed: int, device: torch.device, what: str) -> None:
     free = available_memory(device)
     if needed > free:
-        raise MemoryError(f"{what}: about {needed / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB are free on {device}; "
-                          f"use fewer samples, or local_curvature(...).laplace_bif for the first-order limit")
+        raise MemoryError(f"{what}: about {needed / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB are free "
+                          f"on {device}; use fewer samples, or local_curvature(...).laplace_bif for the first-order limit")
 
 
 def gaussian_bif(
@@ -270,7 +272,8 @@ def gaussian_bif(
     n = _rows(data)
     d = sum(p.numel() for p in model.parameters() if p.requires_grad)
     _check_memory(3 * 8 * n * d * d, next(iter(model.parameters())).device,
-                  f"gaussian_bif forms {n} per-sample Hessians of {d} x {d} in float64 (and two products of that size)")
+                  f"gaussian_bif forms {n} per-sample Hessians of {d} x {d} in float64 "
+                  f"(and two products of that size)")
     result = []
     for checkpoint in progress_bar(checkpoints, disable=not progress, desc="Gaussian BIF", leave=False):
         theta = flatten(checkpoint)

@@ -174,10 +174,13 @@ def chain_rhat(traces: torch.Tensor) -> torch.Tensor:
     """Gelman–Rubin ``R̂`` across chains of a scalar trace, ``(..., C, T) -> (...)``.
 
     ``R̂ = √(((T−1)/T·W + B/T) / W)`` with ``W`` the mean within-chain variance and ``B/T`` the
-    variance of the chain means; near 1 when the chains sample one distribution.
+    variance of the chain means; near 1 when the chains sample one distribution.  NaN for fewer
+    than two draws (a verdict then says unmixed: nothing shows that the chains agree).
     """
     x = traces.double()
     T = x.shape[-1]
+    if T < 2:
+        return torch.full(x.shape[:-2], float("nan"), dtype=torch.float64)
     within = x.var(dim=-1).mean(dim=-1)
     between = x.mean(dim=-1).var(dim=-1)
     pooled = (T - 1) / T * within + between
@@ -204,9 +207,10 @@ def little_signal(losses: torch.Tensor) -> bool:
 class StepChange:
     """How much the estimates move from a step ``ε`` to a smaller one, per checkpoint.
 
-    ``bif``: ``‖BIF_ε − BIF_ref‖_F / ‖BIF_ref‖_F``, ``(K,)``; ``llc``: ``|λ_ε − λ_ref| / |λ_ref|``,
-    ``(K,)``; ``bif_significant``, ``llc_significant``: ``(K,)`` whether the difference exceeds
-    its Monte-Carlo error (:func:`step_change`)."""
+    ``bif``: ``‖BIF_ε − BIF_ref‖_F / ‖BIF_ref‖_F``, ``(K,)``; ``llc``:
+    ``|λ_ε − λ_ref| / max(|λ_ref|, s_ref)``, ``(K,)``; ``bif_significant``,
+    ``llc_significant``: ``(K,)`` whether the difference exceeds its Monte-Carlo error
+    (:func:`step_change`)."""
 
     bif: torch.Tensor
     llc: torch.Tensor
@@ -215,11 +219,13 @@ class StepChange:
 
     def sensitive(self, tolerance: float) -> torch.Tensor:
         """``(K,)``: the BIF or the LLC moved beyond ``tolerance`` and beyond its MC error."""
-        return ((self.bif > tolerance) & self.bif_significant) | ((self.llc > tolerance) & self.llc_significant)
+        moved_bif = (self.bif > tolerance) & self.bif_significant
+        return moved_bif | ((self.llc > tolerance) & self.llc_significant)
 
 
 def step_change(bif: torch.Tensor, bif_se: torch.Tensor, llc: torch.Tensor, llc_se: torch.Tensor,
-                ref_bif: torch.Tensor, ref_bif_se: torch.Tensor, ref_llc: torch.Tensor, ref_llc_se: torch.Tensor,
+                ref_bif: torch.Tensor, ref_bif_se: torch.Tensor, ref_llc: torch.Tensor,
+                ref_llc_se: torch.Tensor,
                 ref_llc_scale: torch.Tensor | None = None, criteria: Criteria = Criteria()) -> StepChange:
     """Compare estimates at one step (``bif`` ``(K, n, n_obs)``, ``llc`` ``(K,)``, with their
     standard errors) with those at a smaller reference step.
@@ -246,7 +252,7 @@ def step_change(bif: torch.Tensor, bif_se: torch.Tensor, llc: torch.Tensor, llc_
     return StepChange(
         bif=relative_bif, llc=relative_llc,
         bif_significant=q > entries + criteria.z * math.sqrt(2 * entries),
-        llc_significant=delta_llc.abs() > criteria.z * (llc_se.double().pow(2) + ref_llc_se.double().pow(2)).sqrt(),
+        llc_significant=delta_llc.abs() > criteria.z * torch.hypot(llc_se.double(), ref_llc_se.double()),
     )
 
 
@@ -274,5 +280,6 @@ def judge(diverged: bool, little: bool, rhat: float, split: float, llc: float, l
         found.append((STEP_SENSITIVE, step_reason))
     margin = criteria.z * llc_se
     if llc + margin < 0 or llc - margin > dimension / 2:
-        found.append((LLC_OUT_OF_RANGE, f"LLC {llc:.4g} ± {llc_se:.2g} outside [0, d/2 = {dimension / 2:g}]"))
+        reason = f"LLC {llc:.4g} ± {llc_se:.2g} outside [0, d/2 = {dimension / 2:g}]"
+        found.append((LLC_OUT_OF_RANGE, reason))
     return found

@@ -13,6 +13,7 @@ job from the environment (:func:`join_from_environment`, gloo) when no process g
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -82,4 +83,10 @@ def join_from_environment() -> bool:
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     dist.init_process_group("gloo")
+    atexit.register(_leave)
     return True
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

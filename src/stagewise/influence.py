@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from stagewise.diagnostics import (
-    DIVERGED, DRIFTING, HEALTHY, STEP_SENSITIVE, TOO_LITTLE_SIGNAL, UNMIXED, VERDICTS, Criteria, StepChange, bif_standard_error,
+    DIVERGED, DRIFTING, HEALTHY, STEP_SENSITIVE, TOO_LITTLE_SIGNAL, UNMIXED, VERDICTS, Criteria, StepChange,
+    bif_standard_error,
     chain_rhat, find_burn_in, judge, little_signal, split_rhat, standard_error, step_change,
 )
 from stagewise.sampling import LossDraws, LossFn, SGLDConfig, sample_losses
@@ -115,10 +116,13 @@ class BIFTrajectory:
         """A line counting the verdicts (with the largest R̂ and the burn-in found), then one line
         per checkpoint that is not healthy, naming every rule it breaks."""
         indices = self.draws.checkpoint_indices or range(len(self.verdicts))
-        counts = ", ".join(f"{self.verdicts.count(v)} {v}" for v in (HEALTHY, *VERDICTS[:-1]) if v in self.verdicts)
+        counts = ", ".join(f"{self.verdicts.count(v)} {v}" for v in (HEALTHY, *VERDICTS[:-1])
+                           if v in self.verdicts)
         rhat = self.rhat[torch.isfinite(self.rhat)]
-        head = f"{len(self.verdicts)} checkpoints: {counts}" + (f"; largest R-hat {rhat.max():.3f}" if len(rhat) else "")
-        head += f"; burn-in {int(self.burn_in.min())}–{int(self.burn_in.max())} of {self.loss_trace.shape[-1]} draws"
+        head = f"{len(self.verdicts)} checkpoints: {counts}"
+        head += f"; largest R-hat {rhat.max():.3f}" if len(rhat) else ""
+        head += (f"; burn-in {int(self.burn_in.min())}–{int(self.burn_in.max())} "
+                 f"of {self.loss_trace.shape[-1]} draws")
         lines = [f"checkpoint {k}: " + "; ".join(f"{verdict} ({reason})" for verdict, reason in found)
                  for k, found in zip(indices, self.reasons) if found]
         return "\n".join([head] + lines)
@@ -130,7 +134,10 @@ def _estimate(draws: LossDraws, normalized: bool, dimension: int, criteria: Crit
         raise ValueError("bif_trajectory needs the sampling-set losses (record_sampling=True)")
     trace = draws.loss_trace
     K = trace.shape[0]
-    burn_in = find_burn_in(trace, criteria) if draws.config.burn_in is None else torch.zeros(K, dtype=torch.long)
+    if draws.config.burn_in is None:
+        burn_in = find_burn_in(trace, criteria)
+    else:
+        burn_in = torch.zeros(K, dtype=torch.long)
     queries = draws.observables
     n_obs = (queries if queries is not None else draws.sampling).shape[-1]
     bif = torch.empty(K, draws.sampling.shape[-1], n_obs, dtype=torch.float64)
@@ -152,11 +159,13 @@ def _estimate(draws: LossDraws, normalized: bool, dimension: int, criteria: Crit
         llc_scale[k] = draws.config.nbeta * series[k, :, b:].std()
     llc = local_learning_coefficient(draws, burn_in)
     for k in range(K):
-        little = not bool(diverged[k]) and little_signal((draws.sampling if queries is None else queries)[k, :, int(burn_in[k]):])
+        watched = draws.sampling if queries is None else queries
+        little = not bool(diverged[k]) and little_signal(watched[k, :, int(burn_in[k]):])
         reasons.append(judge(bool(diverged[k]), little, float(rhat[k]), float(split[k]), float(llc[k]),
                              float(llc_se[k]), dimension, criteria=criteria))
     return BIFTrajectory(bif=bif, normalized=normalized, llc=llc, loss_trace=trace, rhat=rhat,
-                         verdicts=[found[0][0] if found else HEALTHY for found in reasons], draws=draws, bif_se=bif_se,
+                         verdicts=[found[0][0] if found else HEALTHY for found in reasons], draws=draws,
+                         bif_se=bif_se,
                          llc_se=llc_se, burn_in=burn_in,
                          split_rhat=split, reasons=reasons, llc_scale=llc_scale)
 
@@ -220,20 +229,21 @@ def bif_trajectory(
     if not step_check:
         return result
     half = replace(config, epsilon=config.epsilon / 2)
-    reference = bif_trajectory(model, loss_fn, data, checkpoints, half, observables, device, normalized=normalized,
-                               checkpoint_indices=checkpoint_indices, vectorize=vectorize, progress=progress,
-                               criteria=criteria)
+    reference = bif_trajectory(model, loss_fn, data, checkpoints, half, observables, device,
+                               normalized=normalized, checkpoint_indices=checkpoint_indices,
+                               vectorize=vectorize, progress=progress, criteria=criteria)
     change = step_change(result.bif, result.bif_se, result.llc, result.llc_se,
-                         reference.bif, reference.bif_se, reference.llc, reference.llc_se, reference.llc_scale,
-                         criteria)
+                         reference.bif, reference.bif_se, reference.llc, reference.llc_se,
+                         reference.llc_scale, criteria)
     sensitive = change.sensitive(criteria.step_tolerance)
     for k in range(len(result.verdicts)):
         if bool(sensitive[k]) and result.verdicts[k] not in (DIVERGED, TOO_LITTLE_SIGNAL):
-            reason = (f"at epsilon/2 = {half.epsilon:.3g} the BIF moves {float(change.bif[k]):.0%} and the LLC "
-                      f"{float(change.llc[k]):.0%}; tolerance {criteria.step_tolerance:.0%}")
+            reason = (f"at epsilon/2 = {half.epsilon:.3g} the BIF moves {float(change.bif[k]):.0%} "
+                      f"and the LLC {float(change.llc[k]):.0%}; tolerance {criteria.step_tolerance:.0%}")
             found = result.reasons[k]
-            position = next((i for i, (v, _) in enumerate(found) if VERDICTS.index(v) > VERDICTS.index(STEP_SENSITIVE)),
-                            len(found))
+            rank = VERDICTS.index(STEP_SENSITIVE)
+            later = [i for i, (v, _) in enumerate(found) if VERDICTS.index(v) > rank]
+            position = later[0] if later else len(found)
             found.insert(position, (STEP_SENSITIVE, reason))
             result.verdicts[k] = found[0][0]
     result.step_change, result.reference = change, reference
@@ -276,7 +286,8 @@ def local_bif(
     recorded = sample_losses(model, loss_fn, data, config, observables, progress=progress, device=device)
     b = int(find_burn_in(recorded.loss_trace)[0]) if config.burn_in is None else 0
     observed = None if recorded.observables is None else recorded.observables[:, :, b:]
-    return bif_matrix(recorded.sampling[:, :, b:], observed, normalized=normalized)[0].to(torch.get_default_dtype())
+    bif = bif_matrix(recorded.sampling[:, :, b:], observed, normalized=normalized)[0]
+    return bif.to(torch.get_default_dtype())
 
 
 DEFAULT_EPSILONS = tuple(1e-3 * 0.5**k for k in range(14))
@@ -303,8 +314,8 @@ class Calibration:
     criteria: Criteria
 
     def __str__(self) -> str:
-        columns = ["epsilon", "nbeta", "gamma", "checkpoint", "llc", "llc_se", "bif_change", "llc_change", "rhat",
-                   "burn_in", "verdict", "passes"]
+        columns = ["epsilon", "nbeta", "gamma", "checkpoint", "llc", "llc_se", "bif_change", "llc_change",
+                   "rhat", "burn_in", "verdict", "passes"]
         def cell(value: Any) -> str:
             return f"{value:.3g}" if isinstance(value, float) else str(value)
         rows = [[cell(row[c]) for c in columns] for row in self.table]
@@ -323,13 +334,14 @@ class Calibration:
         fig, (change_ax, llc_ax) = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
         groups = sorted({(row["nbeta"], row["gamma"], row["checkpoint"]) for row in self.table})
         for nbeta, gamma, checkpoint in groups:
-            rows = sorted((r for r in self.table if (r["nbeta"], r["gamma"], r["checkpoint"]) == (nbeta, gamma, checkpoint)),
+            rows = sorted((r for r in self.table
+                           if (r["nbeta"], r["gamma"], r["checkpoint"]) == (nbeta, gamma, checkpoint)),
                           key=lambda r: r["epsilon"])
             eps = [r["epsilon"] for r in rows]
             label = f"nβ={nbeta:g}, γ={gamma:g}, ckpt {checkpoint}"
             line, = change_ax.plot(eps, [r["bif_change"] for r in rows], marker="o", label=f"BIF, {label}")
-            change_ax.plot(eps, [r["llc_change"] for r in rows], marker="s", linestyle="--", color=line.get_color(),
-                           label=f"LLC, {label}")
+            change_ax.plot(eps, [r["llc_change"] for r in rows], marker="s", linestyle="--",
+                           color=line.get_color(), label=f"LLC, {label}")
             llc_ax.errorbar(eps, [r["llc"] for r in rows], yerr=[self.criteria.z * r["llc_se"] for r in rows],
                             marker="o", capsize=2, color=line.get_color(), label=label)
         change_ax.axhline(self.criteria.step_tolerance, color="0.4", linestyle=":", label="tolerance")
@@ -399,8 +411,9 @@ def calibrate(
     >>> model = nn.Linear(2, 1, bias=False).double()
     >>> fit = {"weight": torch.linalg.lstsq(x, y).solution.T}
     >>> loss = lambda m, batch: 0.5 * ((m(batch[0]) - batch[1]) ** 2).sum(-1)
-    >>> calibration = calibrate(model, loss, (x, y), [fit], nbeta=32, gamma=10, epsilons=[0.04, 0.02, 0.01, 0.005],
-    ...                         chains=16, draws=500, preconditioner="none", progress=False)
+    >>> calibration = calibrate(model, loss, (x, y), [fit], nbeta=32, gamma=10,
+    ...                         epsilons=[0.04, 0.02, 0.01, 0.005], chains=16, draws=500,
+    ...                         preconditioner="none", progress=False)
     >>> calibration.config.epsilon < 0.04   # the largest step is biased
     True
     """
@@ -418,9 +431,9 @@ def calibrate(
     def run(epsilon: float, nb: float, g: float) -> BIFTrajectory:
         if (epsilon, nb, g) not in runs:
             config = SGLDConfig(epsilon=epsilon, nbeta=nb, gamma=g, **settings)
-            runs[(epsilon, nb, g)] = bif_trajectory(model, loss_fn, data, checkpoints, config, observables, device,
-                                                    checkpoint_indices=checkpoint_indices, progress=progress,
-                                                    criteria=criteria)
+            runs[(epsilon, nb, g)] = bif_trajectory(
+                model, loss_fn, data, checkpoints, config, observables, device,
+                checkpoint_indices=checkpoint_indices, progress=progress, criteria=criteria)
         return runs[(epsilon, nb, g)]
 
     for nb in nbetas:
@@ -446,19 +459,22 @@ def calibrate(
                     table.append({
                         "epsilon": epsilon, "nbeta": nb, "gamma": g, "checkpoint": int(index),
                         "llc": float(current.llc[k]), "llc_se": float(current.llc_se[k]),
-                        "bif_change": bif_change[k], "llc_change": llc_change[k], "rhat": float(current.rhat[k]),
+                        "bif_change": bif_change[k], "llc_change": llc_change[k],
+                        "rhat": float(current.rhat[k]),
                         "split_rhat": float(current.split_rhat[k]), "burn_in": int(current.burn_in[k]),
-                        "diverged": current.verdicts[k] == DIVERGED, "verdict": current.verdicts[k], "passes": passes,
+                        "diverged": current.verdicts[k] == DIVERGED, "verdict": current.verdicts[k],
+                        "passes": passes,
                     })
                 if passes and not found:
                     chosen.append((epsilon, nb, g))
                     found = True
     if not chosen:
-        empty = Calibration(SGLDConfig(epsilon=grid[-1], nbeta=nbetas[0], gamma=gammas[0], **settings), table, runs,
-                            criteria)
-        raise ValueError("no step size passes the calibration rule (healthy at it and the next-smaller step, BIF and "
-                         f"LLC within {criteria.step_tolerance:.0%} of those there); more draws or chains, smaller "
-                         "steps, or another nbeta/gamma may help:\n" + "\n".join(str(empty).splitlines()[:-1]))
+        tried = Calibration(SGLDConfig(epsilon=grid[-1], nbeta=nbetas[0], gamma=gammas[0], **settings), table,
+                            runs, criteria)
+        raise ValueError("no step size passes the calibration rule (healthy at it and the next-smaller step, "
+                         f"BIF and LLC within {criteria.step_tolerance:.0%} of those there); more draws or "
+                         "chains, smaller steps, or another nbeta/gamma may help:\n"
+                         + "\n".join(str(tried).splitlines()[:-1]))
     epsilon, nb, g = max(chosen, key=lambda setting: setting[0])
     return Calibration(SGLDConfig(epsilon=epsilon, nbeta=nb, gamma=g, **settings), table, runs, criteria)
 

@@ -204,10 +204,10 @@ def as_tensors(data: Any) -> Any:
     """
     if isinstance(data, DataLoader):
         if not isinstance(data.sampler, SequentialSampler) or getattr(data, "drop_last", False):
-            raise ValueError(f"the DataLoader draws its rows through a {type(data.sampler).__name__}"
-                             + (" and drops the last batch" if getattr(data, "drop_last", False) else "")
-                             + ", so the BIF's rows would not follow the dataset's order; pass the Dataset itself or "
-                             "a DataLoader with shuffle=False and drop_last=False")
+            drops = " and drops the last batch" if getattr(data, "drop_last", False) else ""
+            raise ValueError(f"the DataLoader draws its rows through a {type(data.sampler).__name__}{drops}, so "
+                             f"the BIF's rows would not follow the dataset's order; pass the Dataset itself or "
+                             f"a DataLoader with shuffle=False and drop_last=False")
         batches = list(data)
         if not batches:
             raise ValueError("the DataLoader yields no batches")
@@ -323,9 +323,9 @@ def _check_buffers(model: nn.Module, checkpoints: Sequence[Mapping[str, torch.Te
             value = torch.as_tensor(checkpoint[name])
             if value.shape != buffer.shape or not torch.equal(value.to(buffer.device, buffer.dtype), buffer):
                 raise ValueError(
-                    f"checkpoint {k} holds buffer {name!r} (e.g. batch norm's running statistics) that differs from "
-                    f"the model's, and the sampler evaluates every checkpoint with the model's own buffers; sample "
-                    f"such checkpoints one at a time after model.load_state_dict(checkpoint)")
+                    f"checkpoint {k} holds buffer {name!r} (e.g. batch norm's running statistics) that differs "
+                    f"from the model's, and the sampler evaluates every checkpoint with the model's own "
+                    f"buffers; sample such checkpoints one at a time after model.load_state_dict(checkpoint)")
 
 
 def _check_inputs(model: nn.Module, loss_fn: LossFn, data: Any, observables: Any, dtype: torch.dtype,
@@ -333,8 +333,9 @@ def _check_inputs(model: nn.Module, loss_fn: LossFn, data: Any, observables: Any
     """Fail before sampling, with one line, on inputs that would give plausible wrong numbers."""
     if len(set(indices)) != len(indices):
         repeated = sorted({i for i in indices if list(indices).count(i) > 1})
-        raise ValueError(f"checkpoint_indices repeat {repeated[:5]}: the chains' random streams derive from the "
-                         f"index, so repeated checkpoints would share their draws; give each checkpoint its own index")
+        raise ValueError(f"checkpoint_indices repeat {repeated[:5]}: the chains' random streams derive from "
+                         f"the index, so repeated checkpoints would share their draws; give each checkpoint "
+                         f"its own index")
     for what, value in (("the data", data), ("the observables", observables)):
         if value is None:
             continue
@@ -342,37 +343,39 @@ def _check_inputs(model: nn.Module, loss_fn: LossFn, data: Any, observables: Any
             raise ValueError(f"{what} has zero rows")
         for i, leaf in enumerate(tree_flatten(value)[0]):
             if leaf.is_floating_point() and leaf.dtype != dtype:
-                raise ValueError(f"{what} tensor {i} is {leaf.dtype} but the parameters (checkpoints) are {dtype}; "
-                                 f"convert one of them (e.g. .to({dtype}))")
-    if model.training and any(isinstance(m, (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm))
-                              for m in model.modules()):
-        warnings.warn("the model is in training mode and has dropout or batch norm, so its losses are random or "
-                      "depend on the batch; call model.eval() before sampling", stacklevel=3)
+                raise ValueError(f"{what} tensor {i} is {leaf.dtype} but the parameters (checkpoints) are "
+                                 f"{dtype}; convert one of them (e.g. .to({dtype}))")
+    noisy = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+    if model.training and any(isinstance(module, noisy) for module in model.modules()):
+        warnings.warn("the model is in training mode and has dropout or batch norm, so its losses are random "
+                      "or depend on the batch; call model.eval() before sampling", stacklevel=3)
     n = _batch_size(data)
     probe_sizes = (2, 3) if n >= 3 else (1, 2) if n == 2 else (1,)
     shapes = []
-    saved = {name: buffer.clone() for name, buffer in model.named_buffers()}  # a training-mode probe updates them
+    saved = {name: buffer.clone() for name, buffer in model.named_buffers()}  # training mode updates them
     with torch.enable_grad():
         for size in probe_sizes:
             losses = loss_fn(model, tree_map(lambda leaf: leaf[:size], data))
             if not isinstance(losses, torch.Tensor):
-                raise TypeError(f"loss_fn must return a torch tensor of per-sample losses, got {type(losses).__name__}")
+                raise TypeError(f"loss_fn must return a torch tensor of per-sample losses, "
+                                f"got {type(losses).__name__}")
             if losses.ndim == 0 or losses.shape[0] != size:
-                raise ValueError(f"loss_fn must return one loss per sample, shape ({size},), or per token, ({size}, L), "
-                                 f"for a batch of {size}; it returned {tuple(losses.shape)}. A mean loss gives no "
-                                 f"influence between samples.")
+                raise ValueError(f"loss_fn must return one loss per sample, shape ({size},), or per token, "
+                                 f"({size}, L), for a batch of {size}; it returned {tuple(losses.shape)}. "
+                                 f"A mean loss gives no influence between samples.")
             if not losses.requires_grad:
-                raise ValueError("the losses from loss_fn do not depend on the model's parameters (no gradient flows "
-                                 "back: .detach(), .item(), numpy or torch.no_grad() inside loss_fn?), so SGLD would "
-                                 "sample the prior alone")
+                raise ValueError("the losses from loss_fn do not depend on the model's parameters (no gradient "
+                                 "flows back: .detach(), .item(), numpy or torch.no_grad() inside loss_fn?), "
+                                 "so SGLD would sample the prior alone")
             shapes.append(tuple(losses.shape[1:]))
     with torch.no_grad():
         for name, buffer in model.named_buffers():
             buffer.copy_(saved[name])
     if len(set(shapes)) > 1:
-        raise ValueError(f"loss_fn returns shapes {[(s, *t) for s, t in zip(probe_sizes, shapes)]} for batches of "
-                         f"{list(probe_sizes)}: its second dimension follows the batch size, the usual broadcasting "
-                         f"slip ((m,) against (m, 1) gives (m, m)); per-token losses must be (m, L) with L fixed")
+        returned = [(size, *shape) for size, shape in zip(probe_sizes, shapes)]
+        raise ValueError(f"loss_fn returns shapes {returned} for batches of {list(probe_sizes)}: its second "
+                         f"dimension follows the batch size, the usual broadcasting slip ((m,) against (m, 1) "
+                         f"gives (m, m)); per-token losses must be (m, L) with L fixed")
 
 
 def _check_checkpoints(initial: torch.Tensor, centers: dict[str, torch.Tensor], data: Any, indices: Sequence[int]) -> None:
@@ -579,12 +582,14 @@ def _run_chains(
                 if record_sampling:
                     current = per_sample if full_batch else evaluate(params, data)
                     if sampled is None:
-                        sampled = torch.full((S, T, current.shape[-1]), float("nan"), dtype=current.dtype, device=device)
+                        sampled = torch.full((S, T, current.shape[-1]), float("nan"), dtype=current.dtype,
+                                             device=device)
                     sampled[:, draw] = current.masked_fill(dead[:, None], float("nan"))
                 if observables is not None:
                     current = evaluate(params, observables)
                     if observed is None:
-                        observed = torch.full((S, T, current.shape[-1]), float("nan"), dtype=current.dtype, device=device)
+                        observed = torch.full((S, T, current.shape[-1]), float("nan"), dtype=current.dtype,
+                                              device=device)
                     observed[:, draw] = current.masked_fill(dead[:, None], float("nan"))
             g = torch.cat([grads[k].reshape(S, -1) for k in names], dim=1)
             # float32 normals are several times cheaper to draw, and their precision is ample

@@ -48,7 +48,8 @@ def bif_setting() -> SGLDConfig:
     sweep), with the profile's chains and draws, every draw kept (``burn_in=0``, the chapters'
     setting before the library found the warm-up itself)."""
     toy = sizes()
-    return SGLDConfig(epsilon=3e-5, nbeta=3000, gamma=5000, chains=toy.bif_chains, draws=toy.bif_draws, burn_in=0)
+    return SGLDConfig(epsilon=3e-5, nbeta=3000, gamma=5000, chains=toy.bif_chains, draws=toy.bif_draws,
+                      burn_in=0)
 
 
 def _chapters_burn_in(config: SGLDConfig) -> SGLDConfig:
