@@ -237,7 +237,8 @@ def test_bif_trajectory_reports_health_per_checkpoint():
     checkpoints = [{"w": torch.zeros(2, dtype=torch.float64)}, {"w": torch.tensor([4.99, 0.0], dtype=torch.float64)}]
     config = SGLDConfig(epsilon=1e-2, nbeta=5.0, gamma=50.0, chains=3, draws=200)
     result = bif_trajectory(Linear(2), cliff, rows, checkpoints, config, progress=False)
-    assert result.bif.shape == (2, 16, 16) and result.loss_trace.shape == (2, 3, 200) and result.rhat.shape == (2,)
+    assert result.bif.shape == (2, 16, 16) and result.loss_trace.shape == (2, 3, 200)
+    assert result.rhat.shape == (2,) and result.bif_se.shape == (2, 16, 16)
     assert result.verdicts == ["healthy", "diverged"] and not result.healthy
     assert torch.isnan(result.bif[1]).all() and torch.isfinite(result.bif[0]).all()
     assert result.summary().startswith("2 checkpoints: 1 healthy, 1 diverged")
@@ -303,13 +304,15 @@ def test_inputs_that_would_scramble_the_answer_fail_before_sampling(case, messag
         moved = {k: v + 1.0 if k == "bn.running_mean" else v for k, v in model.state_dict().items()}
         checkpoints = [model.state_dict(), moved]
     with pytest.raises((ValueError, TypeError), match=message):
-        sample_losses(model, loss, data, CHEAP, checkpoints=checkpoints, checkpoint_indices=indices, progress=False)
+        sample_losses(model, loss, data, CHEAP, checkpoints=checkpoints, checkpoint_indices=indices,
+                      progress=False)
 
 
 def test_numpy_inputs_are_converted_and_training_mode_gets_one_warning():
     model, (x, y), loss = _regression_inputs()
     from_numpy = sample_losses(model, loss, (x.numpy(), y.numpy()), CHEAP, progress=False)
-    torch.testing.assert_close(from_numpy.sampling, sample_losses(model, loss, (x, y), CHEAP, progress=False).sampling)
+    from_tensors = sample_losses(model, loss, (x, y), CHEAP, progress=False)
+    torch.testing.assert_close(from_numpy.sampling, from_tensors.sampling)
     dropout = nn.Sequential(nn.Linear(3, 1), nn.Dropout(0.1))
     with pytest.warns(UserWarning, match=r"call model.eval\(\)"):
         sample_losses(dropout, loss, (x, y), CHEAP, progress=False, vectorize=False)

@@ -10,7 +10,7 @@ from stagewise.profiles import Profile, get_profile
 from stagewise.sampling import LossDraws, SamplerDivergence, SGLDConfig, sample_losses
 
 __all__ = [
-    "Profile", "get_profile", "calibrate", "Calibration", "Criteria", "bif_trajectory", "BIFTrajectory", "local_bif", "bif_matrix", "sample_losses",
-    "LossDraws", "SGLDConfig", "SamplerDivergence",
+    "Profile", "get_profile", "calibrate", "Calibration", "Criteria", "bif_trajectory", "BIFTrajectory",
+    "local_bif", "bif_matrix", "sample_losses", "LossDraws", "SGLDConfig", "SamplerDivergence",
 ]
 __version__ = "0.1.0"

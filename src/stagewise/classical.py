@@ -239,7 +239,8 @@ def _check_memory(needed: int, device: torch.device, what: str) -> None:
     free = available_memory(device)
     if needed > free:
         raise MemoryError(f"{what}: about {needed / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB are free "
-                          f"on {device}; use fewer samples, or local_curvature(...).laplace_bif for the first-order limit")
+                          f"on {device}; use fewer samples, or local_curvature(...).laplace_bif for the "
+                          f"first-order limit")
 
 
 def gaussian_bif(

@@ -301,7 +301,8 @@ class Calibration:
     ``config``: the chosen :class:`~stagewise.sampling.SGLDConfig`, ready for
     :func:`bif_trajectory`.  ``table``: one row (a dict; ``pandas.DataFrame(table)`` makes it a
     frame) per setting and checkpoint with ``epsilon``, ``nbeta``, ``gamma``, ``checkpoint``,
-    ``llc``, ``llc_se``, ``bif_change`` and ``llc_change`` (relative change against the
+    ``llc``, ``llc_se``, ``bif_rel_se`` (the BIF's relative MC error), ``bif_change`` and
+    ``llc_change`` (relative change against the
     next-smaller step; NaN for the smallest tried), ``rhat``, ``split_rhat``, ``burn_in``,
     ``diverged``, ``verdict`` and ``passes`` (whether the setting as a whole passes the rule).
     ``runs``: the :class:`BIFTrajectory` of every setting tried, keyed by
@@ -314,8 +315,8 @@ class Calibration:
     criteria: Criteria
 
     def __str__(self) -> str:
-        columns = ["epsilon", "nbeta", "gamma", "checkpoint", "llc", "llc_se", "bif_change", "llc_change",
-                   "rhat", "burn_in", "verdict", "passes"]
+        columns = ["epsilon", "nbeta", "gamma", "checkpoint", "llc", "llc_se", "bif_rel_se", "bif_change",
+                   "llc_change", "rhat", "burn_in", "verdict", "passes"]
         def cell(value: Any) -> str:
             return f"{value:.3g}" if isinstance(value, float) else str(value)
         rows = [[cell(row[c]) for c in columns] for row in self.table]
@@ -358,6 +359,11 @@ class Calibration:
         return fig
 
 
+def _relative_error(run: BIFTrajectory) -> list[float]:
+    """``‖bif_se‖_F / ‖bif‖_F`` at each checkpoint: the BIF's Monte-Carlo error, relative."""
+    return (run.bif_se.flatten(1).norm(dim=1) / run.bif.flatten(1).norm(dim=1).clamp_min(1e-300)).tolist()
+
+
 def calibrate(
     model: nn.Module,
     loss_fn: LossFn,
@@ -382,15 +388,18 @@ def calibrate(
     of 1e-3), each with one :func:`bif_trajectory` at all ``checkpoints``.  A step ``ε`` passes
     when, at every checkpoint, (1) neither ``ε`` nor the next-smaller step ``ε'`` has a chain
     that diverged, failed to mix, drifted or showed too little signal (the verdicts of
-    :mod:`stagewise.diagnostics`; an LLC out of range is reported but does not fail it), and
-    (2) the BIF and the LLC at ``ε`` agree with those at ``ε'`` within
-    ``criteria.step_tolerance`` (default 10 %): ``‖BIF_ε − BIF_ε'‖_F ≤ tol·‖BIF_ε'‖_F`` and
-    ``|λ_ε − λ_ε'| ≤ tol·|λ_ε'|``.  The chosen step is the largest that passes; the search
-    stops there unless ``exhaustive``.  SGLD's bias grows about linearly with ``ε``, so on a
-    grid of halvings the chosen step's bias is about twice the measured change, at most
-    ``2·tol``.  Monte-Carlo error makes agreement harder, never easier: if no step passes,
-    raise the draws (``draws=``) or the chains.  Raises ``ValueError`` with the table when no
-    setting passes.
+    :mod:`stagewise.diagnostics`; an LLC out of range is reported but does not fail it),
+    (2) the BIF and the LLC at ``ε`` agree with those at ``ε'``: neither relative change
+    (``‖BIF_ε − BIF_ε'‖_F / ‖BIF_ε'‖_F``, and the LLC's of
+    :func:`~stagewise.diagnostics.step_change`) exceeds ``criteria.step_tolerance`` (default
+    10 %) by more than its Monte-Carlo error allows, and (3) the BIF's relative Monte-Carlo
+    error ``‖bif_se‖_F / ‖bif‖_F`` at ``ε`` is at most twice the tolerance, so that the
+    comparison could see a change of that size.  The chosen step is the largest that passes;
+    the search stops there unless ``exhaustive``.  SGLD's bias grows about linearly with ``ε``,
+    so on a grid of halvings the chosen step's bias is about twice the change it showed: at
+    most about ``2·tol``, or a few Monte-Carlo errors when those are larger.  If no step
+    passes, raise the draws (``draws=``) or the chains.  Raises ``ValueError`` with the table
+    when no setting passes.
 
     ``nbeta`` and ``gamma``: one value or several (every pair is tried; they choose the
     posterior, the step only how well it is sampled).  The chosen pair is the one with the
@@ -450,7 +459,8 @@ def calibrate(
                                          smaller.llc_scale, criteria)
                     bif_change, llc_change = change.bif.tolist(), change.llc.tolist()
                     healthy = all(v not in failing for v in current.verdicts + smaller.verdicts)
-                    passes = healthy and all(c <= criteria.step_tolerance for c in bif_change + llc_change)
+                    resolved = all(e <= 2 * criteria.step_tolerance for e in _relative_error(current))
+                    passes = healthy and resolved and not bool(change.sensitive(criteria.step_tolerance).any())
                 else:
                     bif_change = llc_change = [float("nan")] * len(current.verdicts)
                     passes = False
@@ -459,6 +469,7 @@ def calibrate(
                     table.append({
                         "epsilon": epsilon, "nbeta": nb, "gamma": g, "checkpoint": int(index),
                         "llc": float(current.llc[k]), "llc_se": float(current.llc_se[k]),
+                        "bif_rel_se": _relative_error(current)[k],
                         "bif_change": bif_change[k], "llc_change": llc_change[k],
                         "rhat": float(current.rhat[k]),
                         "split_rhat": float(current.split_rhat[k]), "burn_in": int(current.burn_in[k]),
@@ -472,8 +483,9 @@ def calibrate(
         tried = Calibration(SGLDConfig(epsilon=grid[-1], nbeta=nbetas[0], gamma=gammas[0], **settings), table,
                             runs, criteria)
         raise ValueError("no step size passes the calibration rule (healthy at it and the next-smaller step, "
-                         f"BIF and LLC within {criteria.step_tolerance:.0%} of those there); more draws or "
-                         "chains, smaller steps, or another nbeta/gamma may help:\n"
+                         f"BIF and LLC within {criteria.step_tolerance:.0%} of those there or within their MC "
+                         "error, BIF error resolved); more draws or chains, smaller steps, or another "
+                         "nbeta/gamma may help:\n"
                          + "\n".join(str(tried).splitlines()[:-1]))
     epsilon, nb, g = max(chosen, key=lambda setting: setting[0])
     return Calibration(SGLDConfig(epsilon=epsilon, nbeta=nb, gamma=g, **settings), table, runs, criteria)
