@@ -66,3 +66,27 @@ def test_sampled_bif_approaches_its_laplace_limit_for_a_nearly_linear_loss(regre
     slope = (sampled * laplace).sum() / (laplace * laplace).sum()
     assert np.corrcoef(sampled.ravel(), laplace.ravel())[0, 1] > 0.98
     assert 0.85 < slope < 1.15   # plain SGLD's step-size bias at eps * gamma = 0.1 is about 1 / (1 - 0.025)
+
+
+def test_gaussian_limits_refuse_non_finite_data_and_weights(regression):
+    from stagewise.classical import gaussian_bif
+    model, X, y, w = regression
+    bad = X.clone()
+    bad[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="data tensor 0 holds non-finite values"):
+        gaussian_bif(model, squared_error, (bad, y), [{"weight": w}], 10.0, 1.0, progress=False)
+    with pytest.raises(ValueError, match="data tensor 1 holds non-finite values"):
+        local_curvature(model, squared_error, (X, y * float("inf")), [{"weight": w}], progress=False)
+    with pytest.raises(ValueError, match=r"weights \['weight'\] of a checkpoint are not finite"):
+        local_curvature(model, squared_error, (X, y), [{"weight": w * float("nan")}], progress=False)
+
+
+def test_gaussian_bif_checks_its_memory_before_starting(regression, monkeypatch):
+    from stagewise import classical
+    model, X, y, w = regression
+    monkeypatch.setattr(classical, "available_memory", lambda device: 1000)
+    with pytest.raises(MemoryError, match=r"10 per-sample Hessians of 3 x 3"):
+        classical.gaussian_bif(model, squared_error, (X, y), [{"weight": w}], 10.0, 1.0, progress=False)
+    monkeypatch.setattr(classical, "available_memory", lambda device: 3 * 8 * 10 * 3 * 3)
+    limit = classical.gaussian_bif(model, squared_error, (X, y), [{"weight": w}], 10.0, 1.0, progress=False)
+    assert limit.shape == (1, 10, 10)

@@ -1,5 +1,6 @@
 """A two-process gloo job on the CPU samples what one process samples."""
 
+import os
 import socket
 
 import pytest
@@ -39,13 +40,22 @@ def _worker(rank: int, size: int, port: int, results: dict, checkpoints: list) -
         dist.destroy_process_group()
 
 
-def _run_job(checkpoints: list, size: int = 2) -> dict:
+def _torchrun_worker(rank: int, size: int, port: int, results: dict, checkpoints: list) -> None:
+    """A user's script under torchrun: the environment describes the job, nobody initialises it."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    draws = sample_losses(Linear(), cliff, ROWS, CONFIG, ROWS[:3], checkpoints=checkpoints, progress=False)
+    results[rank] = (draws.sampling, dist.get_world_size())
+    dist.destroy_process_group()
+
+
+def _run_job(checkpoints: list, size: int = 2, worker=_worker) -> dict:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_worker, args=(size, port, results, checkpoints), nprocs=size, join=True)
+        mp.spawn(worker, args=(size, port, results, checkpoints), nprocs=size, join=True)
         return dict(results)
 
 
@@ -72,3 +82,12 @@ def test_two_ranks_sample_what_one_process_samples_and_failures_name_the_rank():
         name, message = failed[rank]
         assert name == "SamplerDivergence"
         assert "rank 1 of 2 (checkpoints [1])" in message
+
+
+def test_a_torchrun_job_is_joined_from_the_environment():
+    single = sample_losses(Linear(), cliff, ROWS, CONFIG, ROWS[:3], checkpoints=CHECKPOINTS, progress=False)
+    results = _run_job(CHECKPOINTS, worker=_torchrun_worker)
+    for rank in (0, 1):
+        sampling, world = results[rank]
+        assert world == 2
+        assert torch.equal(sampling, single.sampling)

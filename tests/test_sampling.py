@@ -231,12 +231,14 @@ def test_data_on_another_device_is_a_clear_error():
 
 
 def test_bif_trajectory_reports_health_per_checkpoint():
-    rows = torch.randn(16, 2, dtype=torch.float64)
-    cliff = lambda m, r: torch.where(m.w[0] > 5, float("nan"), r @ m.w)  # the loss ends at w_0 = 5
+    rows = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    # a quadratic well at w = 0 whose loss ends (NaN) past w_0 = 5
+    cliff = lambda m, r: torch.where(m.w[0] > 5, float("nan"), 0.5 * (r @ m.w) ** 2)
     checkpoints = [{"w": torch.zeros(2, dtype=torch.float64)}, {"w": torch.tensor([4.99, 0.0], dtype=torch.float64)}]
-    config = SGLDConfig(epsilon=1e-3, nbeta=5.0, gamma=50.0, chains=3, draws=40)
+    config = SGLDConfig(epsilon=1e-2, nbeta=5.0, gamma=50.0, chains=3, draws=200)
     result = bif_trajectory(Linear(2), cliff, rows, checkpoints, config, progress=False)
-    assert result.bif.shape == (2, 16, 16) and result.loss_trace.shape == (2, 3, 40) and result.rhat.shape == (2,)
+    assert result.bif.shape == (2, 16, 16) and result.loss_trace.shape == (2, 3, 200)
+    assert result.rhat.shape == (2,) and result.bif_se.shape == (2, 16, 16)
     assert result.verdicts == ["healthy", "diverged"] and not result.healthy
     assert torch.isnan(result.bif[1]).all() and torch.isfinite(result.bif[0]).all()
     assert result.summary().startswith("2 checkpoints: 1 healthy, 1 diverged")
@@ -257,3 +259,74 @@ def test_rhat_separates_stuck_chains_from_mixed_ones():
     stuck = mixed + torch.arange(4, dtype=torch.float64)[:, None]
     assert chain_rhat(mixed).item() == pytest.approx(1.0, abs=0.01)
     assert chain_rhat(stuck).item() > 1.5
+
+
+def _regression_inputs():
+    x, y = torch.randn(12, 3), torch.randn(12, 1)
+    return nn.Linear(3, 1), (x, y), lambda m, b: 0.5 * ((m(b[0]) - b[1]) ** 2).sum(-1)
+
+
+CHEAP = SGLDConfig(epsilon=1e-3, nbeta=10.0, gamma=10.0, chains=2, draws=5)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("detached", "do not depend on the model's parameters"),
+    ("broadcast", "second dimension follows the batch size"),
+    ("zero rows", "zero rows"),
+    ("duplicates", "checkpoint_indices repeat"),
+    ("float64 data", "the data tensor 0 is torch.float64 but the parameters"),
+    ("wrong shape", "checkpoint 1: parameter 'weight' has shape"),
+    ("shuffled", "shuffle=False"),
+    ("buffers", "buffer 'bn.running_mean'"),
+])
+def test_inputs_that_would_scramble_the_answer_fail_before_sampling(case, message):
+    model, (x, y), loss = _regression_inputs()
+    data, checkpoints, indices = (x, y), [model.state_dict()], None
+    if case == "detached":
+        loss = lambda m, b: 0.5 * ((m(b[0]) - b[1]) ** 2).sum(-1).detach()
+    elif case == "broadcast":
+        loss = lambda m, b: 0.5 * (m(b[0]) - b[1][:, 0]) ** 2  # (m, 1) against (m,): (m, m)
+    elif case == "zero rows":
+        data = (x[:0], y[:0])
+    elif case == "duplicates":
+        checkpoints, indices = [model.state_dict()] * 2, [3, 3]
+    elif case == "float64 data":
+        data = (x.double(), y)
+    elif case == "wrong shape":
+        checkpoints = [model.state_dict(), {"weight": torch.zeros(1, 4), "bias": torch.zeros(1)}]
+    elif case == "shuffled":
+        data = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True)
+    elif case == "buffers":
+        model = nn.Sequential()
+        model.add_module("linear", nn.Linear(3, 1))
+        model.add_module("bn", nn.BatchNorm1d(1))
+        model.eval()
+        moved = {k: v + 1.0 if k == "bn.running_mean" else v for k, v in model.state_dict().items()}
+        checkpoints = [model.state_dict(), moved]
+    with pytest.raises((ValueError, TypeError), match=message):
+        sample_losses(model, loss, data, CHEAP, checkpoints=checkpoints, checkpoint_indices=indices,
+                      progress=False)
+
+
+def test_numpy_inputs_are_converted_and_training_mode_gets_one_warning():
+    model, (x, y), loss = _regression_inputs()
+    from_numpy = sample_losses(model, loss, (x.numpy(), y.numpy()), CHEAP, progress=False)
+    from_tensors = sample_losses(model, loss, (x, y), CHEAP, progress=False)
+    torch.testing.assert_close(from_numpy.sampling, from_tensors.sampling)
+    dropout = nn.Sequential(nn.Linear(3, 1), nn.Dropout(0.1))
+    with pytest.warns(UserWarning, match=r"call model.eval\(\)"):
+        sample_losses(dropout, loss, (x, y), CHEAP, progress=False, vectorize=False)
+
+
+def test_sampling_stops_when_every_chain_has_diverged():
+    calls = []
+
+    def exploding(model, rows):
+        calls.append(1)
+        return torch.where(model.w[0].abs() > 1e-9, float("nan"), rows @ model.w)
+
+    config = SGLDConfig(epsilon=1e-3, nbeta=5.0, gamma=50.0, chains=3, draws=500)
+    rows = torch.randn(4, 2, dtype=torch.float64)
+    draws = sample_losses(Linear(2), exploding, rows, config, progress=False, on_divergence="record")
+    assert (draws.diverged_at == 1).all() and torch.isnan(draws.sampling[0, :, 1:]).all()
+    assert len(calls) < 20  # not 500 steps of a dead run

@@ -22,6 +22,7 @@ the damped-Hessian influence function with the damping ``λ = nγ/nβ`` fixed by
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, jacfwd, jacrev
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map
 
 from stagewise.progress import progress as progress_bar
 from stagewise.sampling import LossFn, PerSampleLoss, as_tensors
@@ -168,6 +169,9 @@ def _per_sample_loss_of_flat_weights(model: nn.Module, loss_fn: LossFn, data) ->
     device = next(iter(model.parameters())).device
     data = tree_map(lambda leaf: leaf.to(device, torch.float64) if leaf.is_floating_point() else leaf.to(device),
                     as_tensors(data))
+    for i, leaf in enumerate(tree_flatten(data)[0]):
+        if leaf.is_floating_point() and not bool(torch.isfinite(leaf).all()):
+            raise ValueError(f"data tensor {i} holds non-finite values; the Gaussian limit needs finite data")
     objective = PerSampleLoss(model, loss_fn)
 
     def losses(theta: torch.Tensor) -> torch.Tensor:
@@ -175,7 +179,13 @@ def _per_sample_loss_of_flat_weights(model: nn.Module, loss_fn: LossFn, data) ->
         return functional_call(objective, params, (data,), strict=False)
 
     def flatten(checkpoint: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return torch.cat([torch.as_tensor(checkpoint[name], device=device).reshape(-1) for name in names]).double()
+        pieces = [torch.as_tensor(checkpoint[name], device=device).reshape(-1) for name in names]
+        theta = torch.cat(pieces).double()
+        if not bool(torch.isfinite(theta).all()):
+            bad = [name for name, piece in zip(names, pieces) if not bool(torch.isfinite(piece).all())]
+            raise ValueError(f"weights {bad} of a checkpoint are not finite; the Gaussian limit needs "
+                             f"finite weights")
+        return theta
 
     return losses, flatten
 
@@ -206,6 +216,33 @@ def local_curvature(
     return LocalCurvature(np.stack(eigenvalues), np.stack(projected))
 
 
+def _rows(data) -> int:
+    return tree_flatten(as_tensors(data))[0][0].shape[0]
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on ``device``: ``torch.cuda.mem_get_info`` on a GPU, the
+    kernel's ``MemAvailable`` (else free pages) on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _check_memory(needed: int, device: torch.device, what: str) -> None:
+    free = available_memory(device)
+    if needed > free:
+        raise MemoryError(f"{what}: about {needed / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB are free "
+                          f"on {device}; use fewer samples, or local_curvature(...).laplace_bif for the "
+                          f"first-order limit")
+
+
 def gaussian_bif(
     model: nn.Module,
     loss_fn: LossFn,
@@ -226,11 +263,18 @@ def gaussian_bif(
     and the BIF is minus that.  Where the gradients vanish (at initialisation, at a minimum)
     the first-order form :meth:`LocalCurvature.laplace_bif` vanishes with them and the trace
     term is what remains.  NaN where ``γI + nβH`` is not positive definite.  Forms the ``n``
-    per-sample Hessians densely: for models of a few thousand parameters.
+    per-sample Hessians densely: for models of a few thousand parameters; raises
+    ``MemoryError`` before starting when their ``3·8·n·d²`` bytes exceed the free memory.
+    Data and weights must be finite.
     """
     if not (nbeta > 0 and gamma >= 0):
         raise ValueError(f"need nbeta > 0 and gamma >= 0, got {nbeta}, {gamma}")
     losses, flatten = _per_sample_loss_of_flat_weights(model, loss_fn, data)
+    n = _rows(data)
+    d = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    _check_memory(3 * 8 * n * d * d, next(iter(model.parameters())).device,
+                  f"gaussian_bif forms {n} per-sample Hessians of {d} x {d} in float64 "
+                  f"(and two products of that size)")
     result = []
     for checkpoint in progress_bar(checkpoints, disable=not progress, desc="Gaussian BIF", leave=False):
         theta = flatten(checkpoint)

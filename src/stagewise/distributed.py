@@ -6,10 +6,14 @@ Because each chain's random stream derives from ``(seed, checkpoint, chain)`` an
 the rank (:func:`stagewise.sampling.chain_seed`), the gathered result equals that of a single
 process with the same seed.  Outside a ``torch.distributed`` job everything here is a no-op
 for one process.
+
+A script started by ``torchrun`` needs no set-up of its own: the first sampling call joins the
+job from the environment (:func:`join_from_environment`, gloo) when no process group exists.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -61,3 +65,28 @@ def init_from_environment() -> torch.device:
         return torch.device("cuda", local_rank)
     dist.init_process_group("gloo")
     return torch.device("cpu")
+
+
+def join_from_environment() -> bool:
+    """Join the ``torchrun`` job described by the environment (``RANK``, ``WORLD_SIZE``,
+    ``MASTER_ADDR``, ``MASTER_PORT``) when one is described, has more than one process and no
+    process group exists yet; returns whether a multi-process group is now available.
+
+    The group uses the gloo backend whatever the sampling device, since the sampler exchanges
+    only its recorded draws, on the CPU, once per call; a group the user initialised (NCCL or
+    gloo) is used as it is.
+    """
+    if not dist.is_available():
+        return False
+    if dist.is_initialized():
+        return dist.get_world_size() > 1
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    dist.init_process_group("gloo")
+    atexit.register(_leave)
+    return True
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

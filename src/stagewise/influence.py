@@ -9,7 +9,7 @@ The *normalized* BIF is ``−Corr(ℓ_i, ℓ_j)``, minus the Pearson correlation
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from stagewise.diagnostics import (
+    DIVERGED, DRIFTING, HEALTHY, STEP_SENSITIVE, TOO_LITTLE_SIGNAL, UNMIXED, VERDICTS, Criteria, StepChange,
+    bif_standard_error,
+    chain_rhat, find_burn_in, judge, little_signal, split_rhat, standard_error, step_change,
+)
 from stagewise.sampling import LossDraws, LossFn, SGLDConfig, sample_losses
 
 
@@ -48,48 +53,42 @@ def bif_matrix(draws: torch.Tensor, observable_draws: torch.Tensor | None = None
     return -covariance
 
 
-def local_learning_coefficient(draws: LossDraws) -> torch.Tensor:
+def local_learning_coefficient(draws: LossDraws, burn_in: torch.Tensor | None = None) -> torch.Tensor:
     """LLC estimate ``λ̂ = nβ (E[L(w)] − L(w*))`` at each checkpoint, ``(K,)``.
 
     ``L`` is the mean per-sample loss over the sampling set (the per-sample losses must be the
-    negative log-likelihood for this to estimate the learning coefficient).
+    negative log-likelihood for this to estimate the learning coefficient).  ``burn_in``:
+    ``(K,)`` draws to discard at each checkpoint (default none).
     """
     if draws.sampling is None:
         raise ValueError("the LLC needs the sampling-set losses (record_sampling=True)")
-    mean_loss = draws.sampling.double().mean(dim=-1).mean(dim=(1, 2))  # (K,)
+    series = draws.sampling.double().mean(dim=-1)  # (K, C, T)
+    cut = torch.zeros(series.shape[0], dtype=torch.long) if burn_in is None else burn_in
+    mean_loss = torch.stack([series[k, :, int(b):].mean() for k, b in enumerate(cut)])
     return draws.config.nbeta * (mean_loss - draws.initial_loss.double())
-
-
-def chain_rhat(traces: torch.Tensor) -> torch.Tensor:
-    """Gelman–Rubin ``R̂`` across chains of a scalar trace, ``(..., C, T) -> (...)``.
-
-    ``R̂ = √(((T−1)/T·W + B/T) / W)`` with ``W`` the mean within-chain variance and ``B/T`` the
-    variance of the chain means; near 1 when the chains sample one distribution.
-    """
-    x = traces.double()
-    T = x.shape[-1]
-    within = x.var(dim=-1).mean(dim=-1)
-    between = x.mean(dim=-1).var(dim=-1)
-    pooled = (T - 1) / T * within + between
-    return (pooled / within).sqrt()
-
-
-HEALTHY, DIVERGED, TOO_LITTLE_SIGNAL = "healthy", "diverged", "too little signal"
 
 
 @dataclass
 class BIFTrajectory:
-    """The BIF at every checkpoint of a trajectory, with the draws and the chains' health.
+    """The BIF at every checkpoint of a trajectory, with its Monte-Carlo error and the chains'
+    health.
 
     ``bif``: ``(K, n, n_obs)`` in the library's axis order ``(checkpoint, source, query)``:
-    ``−Cov(ℓ_source, ℓ_query)`` over the pooled draws, or ``−Corr`` when ``normalized``
-    (queries are the observables if given, else the sampling set itself).  ``llc``: ``(K,)``
-    local learning coefficient estimates.  ``loss_trace``: ``(K, C, T)`` the mean batch loss of
-    every chain at every draw; ``rhat``: ``(K,)`` Gelman–Rubin ``R̂`` of those traces across
-    chains; ``verdicts``: one per checkpoint, ``"healthy"``, ``"diverged"`` (a chain's loss
-    became non-finite or ran away; its draws are NaN and so is the BIF) or ``"too little
-    signal"`` (the losses hardly move: their spread over the draws is at the level of rounding,
-    so the covariances are noise).  ``draws`` holds the recorded losses themselves.
+    ``−Cov(ℓ_source, ℓ_query)`` over the pooled kept draws, or ``−Corr`` when ``normalized``
+    (queries are the observables if given, else the sampling set itself); ``bif_se``: the same
+    shape, the Monte-Carlo standard error of every entry (batch means,
+    :func:`stagewise.diagnostics.bif_standard_error`).  ``llc``, ``llc_se``: ``(K,)`` local
+    learning coefficient estimates and their standard errors.  ``burn_in``: ``(K,)`` draws
+    discarded as warm-up, found from the trace when ``config.burn_in`` is ``None``
+    (:func:`stagewise.diagnostics.find_burn_in`), else 0 (the ``config.burn_in`` steps were
+    never recorded).  ``loss_trace``: ``(K, C, T)`` the mean batch loss of every chain at every
+    recorded draw; ``rhat``, ``split_rhat``: ``(K,)`` ``R̂`` across chains and split ``R̂`` of the
+    kept traces.  ``verdicts``: one per checkpoint from the vocabulary of
+    :mod:`stagewise.diagnostics` (healthy, diverged, too little signal, unmixed, drifting,
+    step-size sensitive, LLC out of range); ``reasons``: for each checkpoint every rule it
+    breaks, with the numbers (empty when healthy).  ``step_change`` and ``reference``: with a
+    step check, how the estimates moved and the run at half the step.  ``draws`` holds the
+    recorded losses themselves.
     """
 
     bif: torch.Tensor
@@ -99,6 +98,14 @@ class BIFTrajectory:
     rhat: torch.Tensor
     verdicts: list[str]
     draws: LossDraws
+    bif_se: torch.Tensor
+    llc_se: torch.Tensor
+    burn_in: torch.Tensor
+    split_rhat: torch.Tensor
+    reasons: list[list[tuple[str, str]]]
+    llc_scale: torch.Tensor
+    step_change: StepChange | None = None
+    reference: BIFTrajectory | None = None
 
     @property
     def healthy(self) -> bool:
@@ -106,29 +113,65 @@ class BIFTrajectory:
         return all(verdict == HEALTHY for verdict in self.verdicts)
 
     def summary(self) -> str:
-        """A line counting the verdicts (with the largest R̂), then one line per checkpoint that
-        is not healthy."""
+        """A line counting the verdicts (with the largest R̂ and the burn-in found), then one line
+        per checkpoint that is not healthy, naming every rule it breaks."""
         indices = self.draws.checkpoint_indices or range(len(self.verdicts))
-        counts = ", ".join(f"{self.verdicts.count(v)} {v}" for v in (HEALTHY, DIVERGED, TOO_LITTLE_SIGNAL)
+        counts = ", ".join(f"{self.verdicts.count(v)} {v}" for v in (HEALTHY, *VERDICTS[:-1])
                            if v in self.verdicts)
         rhat = self.rhat[torch.isfinite(self.rhat)]
-        head = f"{len(self.verdicts)} checkpoints: {counts}" + (f"; largest R-hat {rhat.max():.3f}" if len(rhat) else "")
-        return "\n".join([head] + [f"checkpoint {k}: {verdict} (R-hat {r:.3f})"
-                                    for k, verdict, r in zip(indices, self.verdicts, self.rhat.tolist()) if verdict != HEALTHY])
+        head = f"{len(self.verdicts)} checkpoints: {counts}"
+        head += f"; largest R-hat {rhat.max():.3f}" if len(rhat) else ""
+        head += (f"; burn-in {int(self.burn_in.min())}–{int(self.burn_in.max())} "
+                 f"of {self.loss_trace.shape[-1]} draws")
+        lines = [f"checkpoint {k}: " + "; ".join(f"{verdict} ({reason})" for verdict, reason in found)
+                 for k, found in zip(indices, self.reasons) if found]
+        return "\n".join([head] + lines)
 
 
-def _verdicts(draws: LossDraws) -> list[str]:
-    losses = draws.sampling if draws.sampling is not None else draws.observables
-    result = []
-    for k in range(losses.shape[0]):
-        if draws.diverged_at is not None and bool((draws.diverged_at[k] >= 0).any()):
-            result.append(DIVERGED)
-            continue
-        pooled = _pooled(losses[k]).double()
-        spread = pooled.std(dim=0)
-        rounding = 64 * torch.finfo(losses.dtype).eps * pooled.abs().mean(dim=0) + torch.finfo(losses.dtype).tiny
-        result.append(TOO_LITTLE_SIGNAL if bool((spread <= rounding).float().mean() > 0.5) else HEALTHY)
-    return result
+def _estimate(draws: LossDraws, normalized: bool, dimension: int, criteria: Criteria) -> BIFTrajectory:
+    """BIF, errors, burn-in and verdicts from recorded draws (post-processing only)."""
+    if draws.sampling is None:
+        raise ValueError("bif_trajectory needs the sampling-set losses (record_sampling=True)")
+    trace = draws.loss_trace
+    K = trace.shape[0]
+    if draws.config.burn_in is None:
+        burn_in = find_burn_in(trace, criteria)
+    else:
+        burn_in = torch.zeros(K, dtype=torch.long)
+    queries = draws.observables
+    n_obs = (queries if queries is not None else draws.sampling).shape[-1]
+    bif = torch.empty(K, draws.sampling.shape[-1], n_obs, dtype=torch.float64)
+    bif_se = torch.empty_like(bif)
+    rhat, split = torch.empty(K, dtype=torch.float64), torch.empty(K, dtype=torch.float64)
+    series = draws.sampling.double().mean(dim=-1)  # (K, C, T): the mean loss at every draw
+    llc_se, llc_scale = torch.empty(K, dtype=torch.float64), torch.empty(K, dtype=torch.float64)
+    diverged = ((draws.diverged_at >= 0).any(dim=1) if draws.diverged_at is not None
+                else torch.zeros(K, dtype=torch.bool))
+    reasons = []
+    for k in range(K):
+        b = int(burn_in[k])
+        kept = draws.sampling[k, :, b:]
+        kept_queries = None if queries is None else queries[k, :, b:]
+        bif[k] = bif_matrix(kept, kept_queries, normalized=normalized)
+        bif_se[k] = bif_standard_error(kept, kept_queries, normalized=normalized)
+        rhat[k], split[k] = chain_rhat(trace[k, :, b:]), split_rhat(trace[k, :, b:])
+        llc_se[k] = draws.config.nbeta * standard_error(series[k, :, b:])
+        llc_scale[k] = draws.config.nbeta * series[k, :, b:].std()
+    llc = local_learning_coefficient(draws, burn_in)
+    for k in range(K):
+        watched = draws.sampling if queries is None else queries
+        little = not bool(diverged[k]) and little_signal(watched[k, :, int(burn_in[k]):])
+        reasons.append(judge(bool(diverged[k]), little, float(rhat[k]), float(split[k]), float(llc[k]),
+                             float(llc_se[k]), dimension, criteria=criteria))
+    return BIFTrajectory(bif=bif, normalized=normalized, llc=llc, loss_trace=trace, rhat=rhat,
+                         verdicts=[found[0][0] if found else HEALTHY for found in reasons], draws=draws,
+                         bif_se=bif_se,
+                         llc_se=llc_se, burn_in=burn_in,
+                         split_rhat=split, reasons=reasons, llc_scale=llc_scale)
+
+
+def _dimension(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def bif_trajectory(
@@ -144,17 +187,27 @@ def bif_trajectory(
     checkpoint_indices: Sequence[int] | None = None,
     vectorize: bool | None = None,
     progress: bool = True,
+    step_check: bool = False,
+    criteria: Criteria | None = None,
 ) -> BIFTrajectory:
     """SGLD around every checkpoint, all at once, and the BIF, LLC and chain health at each.
 
     ``model`` gives the architecture (its weights are replaced by each state dict of
     ``checkpoints``); ``loss_fn(model, batch)`` returns one loss per sample ``(m,)`` or per
     token ``(m, L)``; ``data`` (the sampling set) and ``observables`` are tensors, containers
-    of tensors, a ``Dataset`` or a ``DataLoader``.  Sampling runs on ``device`` (default: the
-    model's); under ``torchrun`` the ``checkpoints × chains`` work is split over the ranks, with
-    the same result as one process (see :func:`stagewise.sampling.sample_losses`).  A chain
-    that diverges does not stop the run: its checkpoint's verdict says so and its BIF is NaN.
-    Returns a :class:`BIFTrajectory` on the CPU; ``bif`` is ``(K, n, n_obs)``.
+    of tensors, NumPy arrays, a ``Dataset`` or a ``DataLoader``; rows of the BIF follow the
+    data's order.  Sampling runs on ``device`` (default: the model's); under ``torchrun`` the
+    ``checkpoints × chains`` work is split over the ranks, with the same result as one process
+    (see :func:`stagewise.sampling.sample_losses`).  A chain that diverges does not stop the
+    run: its checkpoint's verdict says so and its BIF is NaN.
+
+    With ``config.burn_in=None`` (the default) the warm-up is found from the loss trace and
+    its draws discarded; every estimate has a Monte-Carlo standard error, and every checkpoint
+    a verdict (:mod:`stagewise.diagnostics`, thresholds in ``criteria``).  ``step_check``
+    reruns everything at ``ε/2`` (twice the cost) and marks "step-size sensitive" every
+    checkpoint whose BIF or LLC moves by more than ``criteria.step_tolerance`` beyond its MC
+    error.  Choose ``ε`` with :func:`calibrate`.  Returns a :class:`BIFTrajectory` on the CPU;
+    ``bif`` is ``(K, n, n_obs)``.
 
     >>> import torch
     >>> from torch import nn
@@ -165,15 +218,36 @@ def bif_trajectory(
     >>> checkpoints = [model.state_dict(), {k: v + 0.1 for k, v in model.state_dict().items()}]
     >>> config = SGLDConfig(epsilon=1e-3, nbeta=16, gamma=100, chains=2, draws=50)
     >>> result = bif_trajectory(model, loss, (x, y), checkpoints, config, progress=False)
-    >>> tuple(result.bif.shape), result.verdicts
-    ((2, 16, 16), ['healthy', 'healthy'])
+    >>> tuple(result.bif.shape), tuple(result.bif_se.shape), len(result.verdicts)
+    ((2, 16, 16), (2, 16, 16), 2)
     """
+    criteria = criteria or Criteria()
     draws = sample_losses(model, loss_fn, data, config, observables, checkpoints=checkpoints,
                           checkpoint_indices=checkpoint_indices, progress=progress, vectorize=vectorize,
                           device=device, on_divergence="record")
-    bif = bif_matrix(draws.sampling, draws.observables, normalized=normalized)
-    return BIFTrajectory(bif=bif, normalized=normalized, llc=local_learning_coefficient(draws), loss_trace=draws.loss_trace,
-                         rhat=chain_rhat(draws.loss_trace), verdicts=_verdicts(draws), draws=draws)
+    result = _estimate(draws, normalized, _dimension(model), criteria)
+    if not step_check:
+        return result
+    half = replace(config, epsilon=config.epsilon / 2)
+    reference = bif_trajectory(model, loss_fn, data, checkpoints, half, observables, device,
+                               normalized=normalized, checkpoint_indices=checkpoint_indices,
+                               vectorize=vectorize, progress=progress, criteria=criteria)
+    change = step_change(result.bif, result.bif_se, result.llc, result.llc_se,
+                         reference.bif, reference.bif_se, reference.llc, reference.llc_se,
+                         reference.llc_scale, criteria)
+    sensitive = change.sensitive(criteria.step_tolerance)
+    for k in range(len(result.verdicts)):
+        if bool(sensitive[k]) and result.verdicts[k] not in (DIVERGED, TOO_LITTLE_SIGNAL):
+            reason = (f"at epsilon/2 = {half.epsilon:.3g} the BIF moves {float(change.bif[k]):.0%} "
+                      f"and the LLC {float(change.llc[k]):.0%}; tolerance {criteria.step_tolerance:.0%}")
+            found = result.reasons[k]
+            rank = VERDICTS.index(STEP_SENSITIVE)
+            later = [i for i, (v, _) in enumerate(found) if VERDICTS.index(v) > rank]
+            position = later[0] if later else len(found)
+            found.insert(position, (STEP_SENSITIVE, reason))
+            result.verdicts[k] = found[0][0]
+    result.step_change, result.reference = change, reference
+    return result
 
 
 def local_bif(
@@ -196,8 +270,9 @@ def local_bif(
     step, temperature, localization, chains, draws, burn-in, minibatch, RMSprop constants,
     seed) on ``device`` (default: the model's) and returns a ``(len(data), len(observables))``
     tensor, on the CPU, of ``−Cov`` (or ``−Corr`` with ``normalized``); per-token losses count
-    as separate entries.  Raises :class:`~stagewise.sampling.SamplerDivergence` if a chain
-    diverges.
+    as separate entries.  With ``config.burn_in=None`` the warm-up found from the trace is
+    discarded.  Raises :class:`~stagewise.sampling.SamplerDivergence` if a chain diverges.
+    For standard errors and verdicts, use :func:`bif_trajectory` with ``checkpoints=[model.state_dict()]``.
 
     >>> import torch
     >>> from torch import nn
@@ -209,7 +284,211 @@ def local_bif(
     torch.Size([16, 16])
     """
     recorded = sample_losses(model, loss_fn, data, config, observables, progress=progress, device=device)
-    return bif_matrix(recorded.sampling, recorded.observables, normalized=normalized)[0].to(torch.get_default_dtype())
+    b = int(find_burn_in(recorded.loss_trace)[0]) if config.burn_in is None else 0
+    observed = None if recorded.observables is None else recorded.observables[:, :, b:]
+    bif = bif_matrix(recorded.sampling[:, :, b:], observed, normalized=normalized)[0]
+    return bif.to(torch.get_default_dtype())
+
+
+DEFAULT_EPSILONS = tuple(1e-3 * 0.5**k for k in range(14))
+"""The step sizes :func:`calibrate` tries by default: 1e-3 halved 13 times, down to 1.2e-7."""
+
+
+@dataclass
+class Calibration:
+    """What :func:`calibrate` tried and what it chose.
+
+    ``config``: the chosen :class:`~stagewise.sampling.SGLDConfig`, ready for
+    :func:`bif_trajectory`.  ``table``: one row (a dict; ``pandas.DataFrame(table)`` makes it a
+    frame) per setting and checkpoint with ``epsilon``, ``nbeta``, ``gamma``, ``checkpoint``,
+    ``llc``, ``llc_se``, ``bif_rel_se`` (the BIF's relative MC error), ``bif_change`` and
+    ``llc_change`` (relative change against the
+    next-smaller step; NaN for the smallest tried), ``rhat``, ``split_rhat``, ``burn_in``,
+    ``diverged``, ``verdict`` and ``passes`` (whether the setting as a whole passes the rule).
+    ``runs``: the :class:`BIFTrajectory` of every setting tried, keyed by
+    ``(epsilon, nbeta, gamma)``.  ``criteria``: the thresholds used.
+    """
+
+    config: SGLDConfig
+    table: list[dict[str, Any]]
+    runs: dict[tuple[float, float, float], BIFTrajectory]
+    criteria: Criteria
+
+    def __str__(self) -> str:
+        columns = ["epsilon", "nbeta", "gamma", "checkpoint", "llc", "llc_se", "bif_rel_se", "bif_change",
+                   "llc_change", "rhat", "burn_in", "verdict", "passes"]
+        def cell(value: Any) -> str:
+            return f"{value:.3g}" if isinstance(value, float) else str(value)
+        rows = [[cell(row[c]) for c in columns] for row in self.table]
+        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+        lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+        lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows]
+        return "\n".join(lines + [f"chosen: {self.config.describe()}"])
+
+    def plot(self):
+        """A matplotlib figure: the relative change of the BIF and of the LLC against the
+        next-smaller step, and the LLC with its standard error, against the step size, per
+        (nβ, γ) and checkpoint, with the tolerance and the chosen step marked."""
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter
+
+        fig, (change_ax, llc_ax) = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
+        groups = sorted({(row["nbeta"], row["gamma"], row["checkpoint"]) for row in self.table})
+        for nbeta, gamma, checkpoint in groups:
+            rows = sorted((r for r in self.table
+                           if (r["nbeta"], r["gamma"], r["checkpoint"]) == (nbeta, gamma, checkpoint)),
+                          key=lambda r: r["epsilon"])
+            eps = [r["epsilon"] for r in rows]
+            label = f"nβ={nbeta:g}, γ={gamma:g}, ckpt {checkpoint}"
+            line, = change_ax.plot(eps, [r["bif_change"] for r in rows], marker="o", label=f"BIF, {label}")
+            change_ax.plot(eps, [r["llc_change"] for r in rows], marker="s", linestyle="--",
+                           color=line.get_color(), label=f"LLC, {label}")
+            llc_ax.errorbar(eps, [r["llc"] for r in rows], yerr=[self.criteria.z * r["llc_se"] for r in rows],
+                            marker="o", capsize=2, color=line.get_color(), label=label)
+        change_ax.axhline(self.criteria.step_tolerance, color="0.4", linestyle=":", label="tolerance")
+        for ax in (change_ax, llc_ax):
+            ax.axvline(self.config.epsilon, color="0.6", linewidth=4, alpha=0.4, label="chosen ε")
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel("step size ε")
+        change_ax.set(yscale="log", ylabel="relative change vs next-smaller ε",
+                      title="BIF (solid) and LLC (dashed); colours as right")
+        change_ax.legend(handles=change_ax.lines[-2:-1], fontsize=7)
+        llc_ax.set(ylabel="LLC (± z·s.e.)", title="LLC")
+        llc_ax.legend(fontsize=7)
+        return fig
+
+
+def _relative_error(run: BIFTrajectory) -> list[float]:
+    """``‖bif_se‖_F / ‖bif‖_F`` at each checkpoint: the BIF's Monte-Carlo error, relative."""
+    return (run.bif_se.flatten(1).norm(dim=1) / run.bif.flatten(1).norm(dim=1).clamp_min(1e-300)).tolist()
+
+
+def calibrate(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    checkpoints: Sequence[Mapping[str, torch.Tensor]],
+    *,
+    nbeta: float | Sequence[float],
+    gamma: float | Sequence[float],
+    epsilons: Sequence[float] | None = None,
+    observables: Any | None = None,
+    checkpoint_indices: Sequence[int] | None = None,
+    device: torch.device | str | None = None,
+    criteria: Criteria | None = None,
+    exhaustive: bool = False,
+    progress: bool = True,
+    **settings: Any,
+) -> Calibration:
+    """Choose the SGLD step size: try ``epsilons`` at a few ``checkpoints`` and keep the largest
+    step whose estimates do not depend on it.
+
+    **Rule.**  Steps are tried from the largest down (default :data:`DEFAULT_EPSILONS`, halvings
+    of 1e-3), each with one :func:`bif_trajectory` at all ``checkpoints``.  A step ``ε`` passes
+    when, at every checkpoint, (1) neither ``ε`` nor the next-smaller step ``ε'`` has a chain
+    that diverged, failed to mix, drifted or showed too little signal (the verdicts of
+    :mod:`stagewise.diagnostics`; an LLC out of range is reported but does not fail it),
+    (2) the BIF and the LLC at ``ε`` agree with those at ``ε'``: neither relative change
+    (``‖BIF_ε − BIF_ε'‖_F / ‖BIF_ε'‖_F``, and the LLC's of
+    :func:`~stagewise.diagnostics.step_change`) exceeds ``criteria.step_tolerance`` (default
+    10 %) by more than its Monte-Carlo error allows, and (3) the BIF's relative Monte-Carlo
+    error ``‖bif_se‖_F / ‖bif‖_F`` at ``ε`` is at most twice the tolerance, so that the
+    comparison could see a change of that size.  The chosen step is the largest that passes;
+    the search stops there unless ``exhaustive``.  SGLD's bias grows about linearly with ``ε``,
+    so on a grid of halvings the chosen step's bias is about twice the change it showed: at
+    most about ``2·tol``, or a few Monte-Carlo errors when those are larger.  If no step
+    passes, raise the draws (``draws=``) or the chains.  Raises ``ValueError`` with the table
+    when no setting passes.
+
+    ``nbeta`` and ``gamma``: one value or several (every pair is tried; they choose the
+    posterior, the step only how well it is sampled).  The chosen pair is the one with the
+    largest passing step, the first given on a tie.  ``settings``: the other fields of
+    :class:`~stagewise.sampling.SGLDConfig` (``chains``, ``draws``, ``burn_in``,
+    ``preconditioner``, ``batch_size``, ``seed``, …), used for every run and in the chosen
+    config.  Costs one :func:`bif_trajectory` on ``checkpoints`` per step tried (a diverging
+    step stops early); measured in ``bench/calibration_cost.py``.
+
+    Linear regression at its least-squares fit (an exactly Gaussian posterior):
+
+    >>> import torch
+    >>> from torch import nn
+    >>> generator = torch.Generator().manual_seed(0)
+    >>> x = torch.randn(32, 2, dtype=torch.float64, generator=generator)
+    >>> y = x @ torch.tensor([[1.0], [-1.0]], dtype=torch.float64) + torch.randn(32, 1, dtype=torch.float64,
+    ...                                                                          generator=generator)
+    >>> model = nn.Linear(2, 1, bias=False).double()
+    >>> fit = {"weight": torch.linalg.lstsq(x, y).solution.T}
+    >>> loss = lambda m, batch: 0.5 * ((m(batch[0]) - batch[1]) ** 2).sum(-1)
+    >>> calibration = calibrate(model, loss, (x, y), [fit], nbeta=32, gamma=10,
+    ...                         epsilons=[0.04, 0.02, 0.01, 0.005], chains=16, draws=500,
+    ...                         preconditioner="none", progress=False)
+    >>> calibration.config.epsilon < 0.04   # the largest step is biased
+    True
+    """
+    criteria = criteria or Criteria()
+    grid = sorted(DEFAULT_EPSILONS if epsilons is None else epsilons, reverse=True)
+    if len(grid) < 2 or len(set(grid)) != len(grid) or grid[-1] <= 0:
+        raise ValueError(f"epsilons must hold at least two distinct positive steps, got {list(grid)}")
+    nbetas = [float(nbeta)] if isinstance(nbeta, (int, float)) else [float(v) for v in nbeta]
+    gammas = [float(gamma)] if isinstance(gamma, (int, float)) else [float(v) for v in gamma]
+    runs: dict[tuple[float, float, float], BIFTrajectory] = {}
+    table: list[dict[str, Any]] = []
+    chosen: list[tuple[float, float, float]] = []
+    failing = (DIVERGED, TOO_LITTLE_SIGNAL, UNMIXED, DRIFTING)
+
+    def run(epsilon: float, nb: float, g: float) -> BIFTrajectory:
+        if (epsilon, nb, g) not in runs:
+            config = SGLDConfig(epsilon=epsilon, nbeta=nb, gamma=g, **settings)
+            runs[(epsilon, nb, g)] = bif_trajectory(
+                model, loss_fn, data, checkpoints, config, observables, device,
+                checkpoint_indices=checkpoint_indices, progress=progress, criteria=criteria)
+        return runs[(epsilon, nb, g)]
+
+    for nb in nbetas:
+        for g in gammas:
+            found = False
+            for i, epsilon in enumerate(grid):
+                if found and not exhaustive:
+                    break
+                current = run(epsilon, nb, g)
+                smaller = run(grid[i + 1], nb, g) if i + 1 < len(grid) else None
+                if smaller is not None:
+                    change = step_change(current.bif, current.bif_se, current.llc, current.llc_se,
+                                         smaller.bif, smaller.bif_se, smaller.llc, smaller.llc_se,
+                                         smaller.llc_scale, criteria)
+                    bif_change, llc_change = change.bif.tolist(), change.llc.tolist()
+                    healthy = all(v not in failing for v in current.verdicts + smaller.verdicts)
+                    resolved = all(e <= 2 * criteria.step_tolerance for e in _relative_error(current))
+                    passes = healthy and resolved and not bool(change.sensitive(criteria.step_tolerance).any())
+                else:
+                    bif_change = llc_change = [float("nan")] * len(current.verdicts)
+                    passes = False
+                indices = current.draws.checkpoint_indices or range(len(current.verdicts))
+                for k, index in enumerate(indices):
+                    table.append({
+                        "epsilon": epsilon, "nbeta": nb, "gamma": g, "checkpoint": int(index),
+                        "llc": float(current.llc[k]), "llc_se": float(current.llc_se[k]),
+                        "bif_rel_se": _relative_error(current)[k],
+                        "bif_change": bif_change[k], "llc_change": llc_change[k],
+                        "rhat": float(current.rhat[k]),
+                        "split_rhat": float(current.split_rhat[k]), "burn_in": int(current.burn_in[k]),
+                        "diverged": current.verdicts[k] == DIVERGED, "verdict": current.verdicts[k],
+                        "passes": passes,
+                    })
+                if passes and not found:
+                    chosen.append((epsilon, nb, g))
+                    found = True
+    if not chosen:
+        tried = Calibration(SGLDConfig(epsilon=grid[-1], nbeta=nbetas[0], gamma=gammas[0], **settings), table,
+                            runs, criteria)
+        raise ValueError("no step size passes the calibration rule (healthy at it and the next-smaller step, "
+                         f"BIF and LLC within {criteria.step_tolerance:.0%} of those there or within their MC "
+                         "error, BIF error resolved); more draws or chains, smaller steps, or another "
+                         "nbeta/gamma may help:\n"
+                         + "\n".join(str(tried).splitlines()[:-1]))
+    epsilon, nb, g = max(chosen, key=lambda setting: setting[0])
+    return Calibration(SGLDConfig(epsilon=epsilon, nbeta=nb, gamma=g, **settings), table, runs, criteria)
 
 
 def trace_correlation(traces: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -32,18 +32,20 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.utils._pytree import tree_flatten, tree_map
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, SequentialSampler, default_collate
 from stagewise.progress import progress as progress_bar
 
-from stagewise.distributed import all_gather, rank_and_size, share
+from stagewise.distributed import all_gather, join_from_environment, rank_and_size, share
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 """``loss_fn(model, batch)`` returns one loss per sample (``(m,)``) or per token (``(m, L)``)."""
@@ -85,8 +87,12 @@ class SGLDConfig:
     preconditioner: Literal["rmsprop", "none"] = "rmsprop"
     """``"rmsprop"``: the update above; ``"none"``: plain SGLD, ``G = 1`` (``decay`` and
     ``stability`` are then unused)."""
-    burn_in: int = 0
-    """Steps taken before the first recorded draw."""
+    burn_in: int | None = None
+    """Steps taken before the first recorded draw.  ``None`` (the default): none are taken and
+    the warm-up is found afterwards from the recorded loss trace
+    (:func:`stagewise.diagnostics.find_burn_in`); the draws before it are discarded by
+    :func:`~stagewise.influence.bif_trajectory` and :func:`~stagewise.influence.local_bif`, so
+    fewer than ``draws`` draws per chain are kept."""
     seed: int = 0
     divergence_factor: float = 100.0
     """A chain has diverged when its batch loss exceeds the checkpoint's by more than this
@@ -113,8 +119,8 @@ class SGLDConfig:
             problems.append(f"stability must be positive, got {self.stability}")
         if self.preconditioner not in ("rmsprop", "none"):
             problems.append(f"preconditioner must be 'rmsprop' or 'none', got {self.preconditioner!r}")
-        if self.burn_in < 0:
-            problems.append(f"burn_in must be >= 0, got {self.burn_in}")
+        if self.burn_in is not None and self.burn_in < 0:
+            problems.append(f"burn_in must be >= 0 or None (found from the trace), got {self.burn_in}")
         if not self.divergence_factor > 0:
             problems.append(f"divergence_factor must be positive, got {self.divergence_factor}")
         if problems:
@@ -187,22 +193,34 @@ def chain_seed(seed: int, checkpoint: int, chain: int) -> int:
 
 
 def as_tensors(data: Any) -> Any:
-    """``data`` as a tensor or a tuple/list/dict of tensors sharing dimension 0.
+    """``data`` as a tensor or a tuple/list/dict of tensors sharing dimension 0, in the order
+    of its rows, so that row ``i`` of every result (BIF row and column ``i``) is sample ``i``.
 
-    A torch ``Dataset`` is collated item by item (``default_collate``) and a ``DataLoader``'s
-    batches are concatenated in the order it yields them (so a shuffling loader reorders the
-    samples); tensors and containers of tensors pass through unchanged.
+    A torch ``Dataset`` is collated item by item (``default_collate``); a ``DataLoader``'s
+    batches are concatenated in the order it yields them, which must be the dataset's order: a
+    loader with ``shuffle=True`` (or any sampler but the sequential one) is refused, since its
+    rows would come in a new random order at each pass.  NumPy arrays, also inside containers,
+    become tensors (``torch.as_tensor``, same dtype); tensors pass through unchanged.
     """
     if isinstance(data, DataLoader):
+        if not isinstance(data.sampler, SequentialSampler) or getattr(data, "drop_last", False):
+            drops = " and drops the last batch" if getattr(data, "drop_last", False) else ""
+            raise ValueError(f"the DataLoader draws its rows through a {type(data.sampler).__name__}{drops}, so "
+                             f"the BIF's rows would not follow the dataset's order; pass the Dataset itself or "
+                             f"a DataLoader with shuffle=False and drop_last=False")
         batches = list(data)
         if not batches:
             raise ValueError("the DataLoader yields no batches")
-        return tree_map(lambda *leaves: torch.cat(leaves), *batches)
+        return tree_map(lambda *leaves: torch.cat(leaves), *[_numpy_to_tensors(b) for b in batches])
     if isinstance(data, Dataset) and not isinstance(data, torch.Tensor):
         if len(data) == 0:
             raise ValueError("the Dataset is empty")
-        return default_collate([data[i] for i in range(len(data))])
-    return data
+        return _numpy_to_tensors(default_collate([data[i] for i in range(len(data))]))
+    return _numpy_to_tensors(data)
+
+
+def _numpy_to_tensors(data: Any) -> Any:
+    return tree_map(lambda leaf: torch.as_tensor(leaf) if isinstance(leaf, np.ndarray) else leaf, data)
 
 
 def _batch_size(data: Any) -> int:
@@ -268,13 +286,96 @@ def stack_checkpoints(model: nn.Module, checkpoints: Sequence[Mapping[str, torch
         return {name: p.detach().unsqueeze(0).clone().to(device or p.device) for name, p in model.named_parameters() if p.requires_grad}
     if len(checkpoints) == 0:
         raise ValueError("checkpoints is empty")
+    parameters = dict(model.named_parameters())
     stacked = {}
     for name in names:
         missing = [k for k, ckpt in enumerate(checkpoints) if name not in ckpt]
         if missing:
             raise KeyError(f"parameter {name!r} is missing from checkpoints {missing[:5]}")
-        stacked[name] = torch.stack([torch.as_tensor(ckpt[name], device=device) for ckpt in checkpoints]).detach()
+        values = [torch.as_tensor(ckpt[name], device=device) for ckpt in checkpoints]
+        for k, value in enumerate(values):
+            if value.shape != parameters[name].shape:
+                raise ValueError(f"checkpoint {k}: parameter {name!r} has shape {tuple(value.shape)}, "
+                                 f"the model's has {tuple(parameters[name].shape)}")
+        dtypes = {value.dtype for value in values}
+        if len(dtypes) > 1:
+            k = next(k for k, value in enumerate(values) if value.dtype != values[0].dtype)
+            raise ValueError(f"parameter {name!r} is {values[0].dtype} in checkpoint 0 but {values[k].dtype} "
+                             f"in checkpoint {k}; convert the checkpoints to one dtype")
+        stacked[name] = torch.stack(values).detach()
+    dtypes = {value.dtype for value in stacked.values() if value.is_floating_point()}
+    if len(dtypes) > 1:
+        raise ValueError("the checkpoints' parameters mix dtypes: " + ", ".join(
+            f"{name!r} is {value.dtype}" for name, value in stacked.items()) + "; convert them to one dtype")
+    _check_buffers(model, checkpoints)
     return stacked
+
+
+def _check_buffers(model: nn.Module, checkpoints: Sequence[Mapping[str, torch.Tensor]]) -> None:
+    """Refuse checkpoints whose buffers (e.g. batch norm's running statistics) differ from the
+    model's: every checkpoint is evaluated with the model's own buffers."""
+    for name, buffer in model.named_buffers():
+        if not buffer.is_floating_point():  # counters such as num_batches_tracked do not enter the loss
+            continue
+        for k, checkpoint in enumerate(checkpoints):
+            if name not in checkpoint:
+                continue
+            value = torch.as_tensor(checkpoint[name])
+            if value.shape != buffer.shape or not torch.equal(value.to(buffer.device, buffer.dtype), buffer):
+                raise ValueError(
+                    f"checkpoint {k} holds buffer {name!r} (e.g. batch norm's running statistics) that differs "
+                    f"from the model's, and the sampler evaluates every checkpoint with the model's own "
+                    f"buffers; sample such checkpoints one at a time after model.load_state_dict(checkpoint)")
+
+
+def _check_inputs(model: nn.Module, loss_fn: LossFn, data: Any, observables: Any, dtype: torch.dtype,
+                  indices: Sequence[int]) -> None:
+    """Fail before sampling, with one line, on inputs that would give plausible wrong numbers."""
+    if len(set(indices)) != len(indices):
+        repeated = sorted({i for i in indices if list(indices).count(i) > 1})
+        raise ValueError(f"checkpoint_indices repeat {repeated[:5]}: the chains' random streams derive from "
+                         f"the index, so repeated checkpoints would share their draws; give each checkpoint "
+                         f"its own index")
+    for what, value in (("the data", data), ("the observables", observables)):
+        if value is None:
+            continue
+        if _batch_size(value) == 0:
+            raise ValueError(f"{what} has zero rows")
+        for i, leaf in enumerate(tree_flatten(value)[0]):
+            if leaf.is_floating_point() and leaf.dtype != dtype:
+                raise ValueError(f"{what} tensor {i} is {leaf.dtype} but the parameters (checkpoints) are "
+                                 f"{dtype}; convert one of them (e.g. .to({dtype}))")
+    noisy = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+    if model.training and any(isinstance(module, noisy) for module in model.modules()):
+        warnings.warn("the model is in training mode and has dropout or batch norm, so its losses are random "
+                      "or depend on the batch; call model.eval() before sampling", stacklevel=3)
+    n = _batch_size(data)
+    probe_sizes = (2, 3) if n >= 3 else (1, 2) if n == 2 else (1,)
+    shapes = []
+    saved = {name: buffer.clone() for name, buffer in model.named_buffers()}  # training mode updates them
+    with torch.enable_grad():
+        for size in probe_sizes:
+            losses = loss_fn(model, tree_map(lambda leaf: leaf[:size], data))
+            if not isinstance(losses, torch.Tensor):
+                raise TypeError(f"loss_fn must return a torch tensor of per-sample losses, "
+                                f"got {type(losses).__name__}")
+            if losses.ndim == 0 or losses.shape[0] != size:
+                raise ValueError(f"loss_fn must return one loss per sample, shape ({size},), or per token, "
+                                 f"({size}, L), for a batch of {size}; it returned {tuple(losses.shape)}. "
+                                 f"A mean loss gives no influence between samples.")
+            if not losses.requires_grad:
+                raise ValueError("the losses from loss_fn do not depend on the model's parameters (no gradient "
+                                 "flows back: .detach(), .item(), numpy or torch.no_grad() inside loss_fn?), "
+                                 "so SGLD would sample the prior alone")
+            shapes.append(tuple(losses.shape[1:]))
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            buffer.copy_(saved[name])
+    if len(set(shapes)) > 1:
+        returned = [(size, *shape) for size, shape in zip(probe_sizes, shapes)]
+        raise ValueError(f"loss_fn returns shapes {returned} for batches of {list(probe_sizes)}: its second "
+                         f"dimension follows the batch size, the usual broadcasting slip ((m,) against (m, 1) "
+                         f"gives (m, m)); per-token losses must be (m, L) with L fixed")
 
 
 def _check_checkpoints(initial: torch.Tensor, centers: dict[str, torch.Tensor], data: Any, indices: Sequence[int]) -> None:
@@ -358,6 +459,7 @@ def sample_losses(
     indices = tuple(range(K)) if checkpoint_indices is None else tuple(int(i) for i in checkpoint_indices)
     if len(indices) != K:
         raise ValueError(f"checkpoint_indices has {len(indices)} entries for {K} checkpoints")
+    _check_inputs(model, loss_fn, data, observables, next(iter(centers.values())).dtype, indices)
     objective = PerSampleLoss(model, loss_fn)
     dimension = sum(p[0].numel() for p in centers.values())
 
@@ -382,6 +484,8 @@ def sample_losses(
     _check_checkpoints(per_sample_initial, centers, data, indices)
     initial = per_sample_initial.mean(dim=1)
 
+    if distributed is not False:
+        join_from_environment()
     rank, size = rank_and_size() if distributed is not False else (0, 1)
     mine = share(K * C, rank, size)
     sets = [divmod(s, C) for s in mine]  # (local checkpoint, chain) of each set of this rank
@@ -443,12 +547,13 @@ def _run_chains(
     start = initial[checkpoint_of]
     threshold = start + config.divergence_factor * (start.abs() + dimension / (2 * config.nbeta))
     state = sgld_init(center)
-    block = max(1, min(NOISE_BLOCK_BYTES // (4 * dimension), config.burn_in + T))
+    warm = config.burn_in or 0  # None: nothing skipped, the warm-up is found from the trace afterwards
+    block = max(1, min(NOISE_BLOCK_BYTES // (4 * dimension), warm + T))
     noise = torch.empty(S, block, dimension, dtype=torch.float32, device=device)
     diverged_at = torch.full((S,), -1, dtype=torch.long, device=device)
-    trace = torch.empty(S, T, dtype=dtype, device=device)
+    trace = torch.full((S, T), float("nan"), dtype=dtype, device=device)
     sampled = observed = None
-    steps = config.burn_in + T
+    steps = warm + T
     bar = progress_bar(range(steps), disable=not progress, desc=f"SGLD ({S} checkpoint × chain sets)", leave=False)
     for step in bar:
         if full_batch:
@@ -469,19 +574,22 @@ def _run_chains(
                     f"Hyperparameters: {config.describe()}. Try a smaller epsilon, a larger gamma or a smaller nbeta.")
             diverged_at[bad] = step
         dead = diverged_at >= 0
-        draw = step - config.burn_in
+        any_dead = bool(dead.any())
+        draw = step - warm
         with torch.no_grad():
             if draw >= 0:
                 trace[:, draw] = batch_loss.detach().masked_fill(dead, float("nan"))
                 if record_sampling:
                     current = per_sample if full_batch else evaluate(params, data)
                     if sampled is None:
-                        sampled = torch.empty(S, T, current.shape[-1], dtype=current.dtype, device=device)
+                        sampled = torch.full((S, T, current.shape[-1]), float("nan"), dtype=current.dtype,
+                                             device=device)
                     sampled[:, draw] = current.masked_fill(dead[:, None], float("nan"))
                 if observables is not None:
                     current = evaluate(params, observables)
                     if observed is None:
-                        observed = torch.empty(S, T, current.shape[-1], dtype=current.dtype, device=device)
+                        observed = torch.full((S, T, current.shape[-1]), float("nan"), dtype=current.dtype,
+                                              device=device)
                     observed[:, draw] = current.masked_fill(dead[:, None], float("nan"))
             g = torch.cat([grads[k].reshape(S, -1) for k in names], dim=1)
             # float32 normals are several times cheaper to draw, and their precision is ample
@@ -489,10 +597,25 @@ def _run_chains(
                 for rows, generator in zip(noise, generators):
                     rows.normal_(generator=generator)
             state = sgld_update(state, g, center, noise[:, step % block].to(dtype), config)
-            if bool(dead.any()):  # a diverged chain rests at its checkpoint, out of harm's way
+            if any_dead:  # a diverged chain rests at its checkpoint, out of harm's way
                 state = SGLDState(torch.where(dead[:, None], center, state.w), torch.where(dead[:, None], 0.0, state.V))
+        if any_dead and bool(dead.all()):  # nothing left to sample: stop, and say so
+            if progress:
+                bar.set_postfix_str(f"all {S} chains diverged by step {step}; stopped")
+            bar.close()
+            break
         if progress and step % 50 == 0:
-            bar.set_postfix(loss=f"{batch_loss.nanmean().item():.4g}")
+            alive = ~dead
+            postfix = f"loss={batch_loss[alive].mean().item():.4g}"
+            bar.set_postfix_str(postfix + (f", {int(dead.sum())}/{S} diverged" if any_dead else ""))
+    if record_sampling and sampled is None:  # every chain diverged before the first draw
+        with torch.no_grad():
+            width = evaluate(unflatten(center[:1]), data).shape[-1]
+        sampled = torch.full((S, T, width), float("nan"), dtype=dtype, device=device)
+    if observables is not None and observed is None:
+        with torch.no_grad():
+            width = evaluate(unflatten(center[:1]), observables).shape[-1]
+        observed = torch.full((S, T, width), float("nan"), dtype=dtype, device=device)
 
     def cpu(x: torch.Tensor | None) -> torch.Tensor | None:
         return None if x is None else x.cpu()

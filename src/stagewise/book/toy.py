@@ -10,6 +10,8 @@ then reads::
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -43,9 +45,17 @@ def device() -> torch.device:
 
 def bif_setting() -> SGLDConfig:
     """Chapter 3's SGLD setting for the BIF trajectory (stable at every checkpoint, from the
-    sweep), with the profile's chains and draws."""
+    sweep), with the profile's chains and draws, every draw kept (``burn_in=0``, the chapters'
+    setting before the library found the warm-up itself)."""
     toy = sizes()
-    return SGLDConfig(epsilon=3e-5, nbeta=3000, gamma=5000, chains=toy.bif_chains, draws=toy.bif_draws)
+    return SGLDConfig(epsilon=3e-5, nbeta=3000, gamma=5000, chains=toy.bif_chains, draws=toy.bif_draws,
+                      burn_in=0)
+
+
+def _chapters_burn_in(config: SGLDConfig) -> SGLDConfig:
+    """``config`` with an unset ``burn_in`` as 0: the chapters keep every draw, as they did when
+    0 was the library's default, so that their numbers do not move until they are rewritten."""
+    return replace(config, burn_in=0) if config.burn_in is None else config
 
 
 def experiment(config: TrainingConfig | None = None, checkpoints: int | None = None) -> ToyExperiment:
@@ -60,6 +70,7 @@ def bif_trajectory(run: ToyExperiment, config: SGLDConfig, stride: int = 1, prog
     """:meth:`ToyExperiment.bif_trajectory` on the chapters' device, cached by configuration
     (and device type: CPU and GPU random streams differ)."""
     where = device()
+    config = _chapters_burn_in(config)
     key = {"training": run.config, "checkpoints": len(run.epochs), "stride": stride, "sgld": config, "device": where.type}
     rank, _ = rank_and_size()
     return cached("toy-bif", key, lambda: run.bif_trajectory(config, stride, progress=progress and rank == 0, device=where),
@@ -69,6 +80,7 @@ def bif_trajectory(run: ToyExperiment, config: SGLDConfig, stride: int = 1, prog
 def sweep(run: ToyExperiment, configs: list[SGLDConfig], stride: int, on_divergence: str = "raise") -> SweepResult:
     """:func:`stagewise.toy.bif_sweep` over ``configs`` at every ``stride``-th checkpoint (cached)."""
     where = device()
+    configs = [_chapters_burn_in(config) for config in configs]
     key = {"training": run.config, "checkpoints": len(run.epochs), "configs": configs, "stride": stride,
            "on_divergence": on_divergence, "device": where.type}
     return cached("toy-sweep", key, lambda: bif_sweep(run, configs, stride, on_divergence, progress=rank_and_size()[0] == 0, device=where),
