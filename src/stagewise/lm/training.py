@@ -240,10 +240,9 @@ def token_losses(model: torch.nn.Module, input_ids: torch.Tensor, logits_per_chu
 
 
 def _token_losses(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=input_ids).logits[:, :-1]
-    targets = input_ids[:, 1:]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                             reduction="none").reshape(targets.shape)
+    logits = model(input_ids=input_ids).logits[:, :-1]  # (rows, L − 1, vocabulary), a view
+    # classes on dimension 1, as cross_entropy takes them: a view too, where a reshape would copy
+    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
 
 
 def sequences(stream: torch.Tensor, count: int, length: int, seed: int = 0) -> torch.Tensor:
