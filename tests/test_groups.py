@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from stagewise.groups import (group_correlation, knn_class_recall, knn_neighbours, knn_recall_test, random_group_null,
-                              random_neighbours, recall_from_neighbours, same_label_pair_share, standardized_losses)
+from stagewise.groups import (class_pair_test, group_correlation, knn_class_recall, knn_neighbours, knn_recall_test,
+                              partial_losses, random_group_null, random_neighbours, recall_from_neighbours,
+                              same_label_pair_share, standardized_losses)
 from stagewise.influence import bif_matrix
 
 
@@ -196,3 +197,102 @@ def test_random_group_null_respects_labels_and_checks_its_pool():
     assert with_copies.mean() > without.mean() + 0.05 and abs(without.mean()) < 0.05
     with pytest.raises(ValueError, match="disjoint groups"):
         random_group_null(draws, (20, 20), pool)
+
+
+def loading_only_draws(delimiter_loading: float, pair: float = 0.0, seed: int = 0, n: int = 240, draws: int = 200,
+                       other_loading: float = 0.3, class_size: int = 30):
+    """Every token's loss loads on one common factor (its correlation with it), the two
+    'delimiter' classes (tokens 0…29 and 30…59) with ``delimiter_loading``, all others with
+    ``other_loading``; ``pair`` adds a component only the two classes share."""
+    rng = np.random.default_rng(seed)
+    loading = np.full(n, other_loading)
+    loading[: 2 * class_size] = delimiter_loading
+    common, shared = rng.normal(size=(draws, 1)), rng.normal(size=(draws, 1))
+    values = np.sqrt(1 - loading**2) * rng.normal(size=(draws, n)) + loading * common
+    values[:, : 2 * class_size] += pair * shared
+    left, right = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    left[:class_size], right[class_size: 2 * class_size] = True, True
+    return torch.tensor(values.reshape(2, draws // 2, n)), left, right
+
+
+@pytest.mark.parametrize("delimiter_loading", [0.5, 0.15])
+def test_class_pair_test_is_not_fooled_by_a_class_loading_more_or_less(delimiter_loading):
+    # no relation between the classes: only their loading on the common mode differs from the pool's
+    verdicts, raw = [], []
+    for seed in range(10):
+        draws, left, right = loading_only_draws(delimiter_loading, seed=seed)
+        test = class_pair_test(draws, left, right, samples=60, seed=seed)
+        verdicts.append(test.verdict())
+        low, high = np.quantile(test.raw_null, [0.025, 0.975])
+        raw.append(low <= test.entry <= high)
+    assert verdicts.count("inside the null") >= 8, verdicts        # the nominal rate flags 0.5 of 10
+    assert sum(raw) <= 1, "the raw entry against random groups reads the loading as a relation"
+
+
+def test_class_pair_test_flags_a_planted_relation():
+    for seed in range(4):
+        draws, left, right = loading_only_draws(0.3, pair=0.3, seed=seed)
+        test = class_pair_test(draws, left, right, samples=60, seed=seed)
+        assert test.verdict() == "above the null" and test.excess > 0.05
+        assert test.predicted == pytest.approx(0.09, abs=0.03)     # what the loadings alone give: 0.3 × 0.3
+    # a component of opposite signs in the two classes reads below the null
+    rng = np.random.default_rng(99)   # not the stream of the draws' own factors
+    draws, left, right = loading_only_draws(0.3, seed=9)
+    shared = torch.tensor(rng.normal(size=(2, 100, 1)))
+    draws[..., :30] += 0.4 * shared
+    draws[..., 30:60] -= 0.4 * shared
+    assert class_pair_test(draws, left, right, samples=60).verdict() == "below the null"
+
+
+def test_class_pair_test_checks_its_classes():
+    draws, left, right = loading_only_draws(0.3)
+    with pytest.raises(ValueError, match="disjoint"):
+        class_pair_test(draws, left, left)
+    with pytest.raises(ValueError, match="pool must not"):
+        class_pair_test(draws, left, right, pool=np.ones(240, dtype=bool))
+
+
+def class_factor_draws(kind: str, seed: int = 0, n: int = 1500, draws: int = 100):
+    """Tokens in three classes (word parts 20 %, word ends 20 %, delimiters 10 %) and no class
+    (50 %), with ``kind``: ``"shared"``, one factor shared by word parts and word ends;
+    ``"loading"``, a common mode with delimiters loading 0.5 and all else 0.3; ``"planted"``, a
+    factor of the word parts alone."""
+    rng = np.random.default_rng(seed)
+    classes = rng.choice(4, size=n, p=[0.2, 0.2, 0.1, 0.5])
+    values = rng.normal(size=(draws, n))
+    factor = rng.normal(size=(draws, 1))
+    if kind == "shared":
+        values[:, classes < 2] += 0.8 * factor
+    elif kind == "loading":
+        loading = np.where(classes == 2, 0.5, 0.3)
+        values = np.sqrt(1 - loading**2) * values + loading * factor
+    else:
+        values[:, classes == 0] += 0.8 * factor
+    return torch.tensor(values.reshape(2, draws // 2, n)), np.eye(4, dtype=bool)[classes][:, :3]
+
+
+def test_knn_specificity_null_holds_a_factor_shared_by_two_classes():
+    chance, recognised = [], []
+    for seed in range(4):
+        draws, membership = class_factor_draws("shared", seed)
+        test = knn_recall_test(draws, membership, k=30, permutations=40, modes=1, seed=seed)
+        chance.append(test.recall > test.null_band()[1])
+        recognised.append(test.recognised())
+        assert set(test.confused_with[:2]) == {0, 1}, "word parts and word ends are each other's confusion"
+    assert np.all(np.array(chance)[:, :2].any(axis=1)), "against chance alone the shared factor passes"
+    assert not np.any(recognised), "against the specificity null it lifts neither"
+
+
+def test_knn_after_the_common_mode_is_not_fooled_by_loading_and_finds_a_planted_class():
+    loading_flags, raw_flags = [], []
+    for seed in range(4):
+        draws, membership = class_factor_draws("loading", seed)
+        loading_flags.append(knn_recall_test(draws, membership, k=30, permutations=40, modes=1).recognised()[2])
+        raw = knn_recall_test(draws, membership, k=30, permutations=40, modes=0)
+        raw_flags.append(raw.recognised()[2])
+    assert sum(loading_flags) <= 1 and sum(raw_flags) >= 3, (loading_flags, raw_flags)
+    draws, membership = class_factor_draws("planted", 7)
+    test = knn_recall_test(draws, membership, k=30, permutations=40, modes=1)
+    assert test.recognised().tolist() == [True, False, False]
+    with pytest.raises(ValueError, match="mode_pool"):
+        knn_recall_test(draws, np.ones((1500, 1), dtype=bool), k=5, permutations=2, modes=1)

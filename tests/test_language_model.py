@@ -116,6 +116,9 @@ def test_token_losses_and_sequences():
     losses = token_losses(lm, batch)
     assert losses.shape == (5, 19)
     torch.testing.assert_close(losses.mean(), lm(input_ids=batch, labels=batch).loss)
+    # in chunks of two rows (at most 2 x 20 x vocabulary logits at once): the same losses
+    chunked = token_losses(lm, batch, logits_per_chunk=2 * 20 * TINY.vocab_size)
+    torch.testing.assert_close(chunked, losses)
     with pytest.raises(ValueError, match="fewer"):
         sequences(stream, count=100, length=20)
 

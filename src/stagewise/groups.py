@@ -5,13 +5,26 @@ Two reductions of the normalized BIF (SPEC §4), both in ``O(tokens × draws)`` 
 * :func:`group_correlation`: the mean loss correlation (= −normalized BIF) between two classes
   of tokens, optionally over pairs that do not share a label (the same token id, or the same
   sequence), so that a class made of a few frequent ids is not read through the copies of one
-  token.  Its null for a pair of classes, :func:`random_group_null`, is the same entry for
-  random groups of the same sizes: the loss correlation that all tokens share grows in training;
+  token.
+* :func:`class_pair_test`: the between-class entry read against a null that a class's own
+  loading cannot fool.  All token losses share a common mode (it grows in training), and a
+  class that merely loads more (or less) on it than other tokens has a raw entry above (or
+  below) that of random groups (:func:`random_group_null`) with no relation between the
+  classes at all.  The test takes the *partial* correlation after the pooled mode: the leading
+  principal directions of the pool's standardized losses (:func:`common_modes`) are projected
+  out of every token's losses (:func:`partial_losses`), and the entry of the residuals
+  (:func:`partial_group_correlation`) is set beside the same entry for random groups of the
+  residuals.  Under a single common factor the residual entry is 0 whatever the loadings; a
+  term shared by the two classes alone stays.
 * :func:`knn_class_recall`: how often a token's most correlated neighbours vote for its own
-  class (paper App. D.1.3), optionally ignoring neighbours with the same label, beside the
-  recall of the same vote with the class labels shuffled (:func:`knn_recall_test`): the
-  rate-adjusted vote favours rare classes even when the neighbours are random, so its null is
-  not 0.
+  class (paper App. D.1.3), optionally ignoring neighbours with the same label, beside two
+  nulls (:func:`knn_recall_test`): the vote of neighbours that know nothing of the losses (the
+  rate-adjusted vote favours rare classes even when the neighbours are random, so this null is
+  not 0), and the *specificity* null, in which the class's label is shuffled among its tokens
+  and those of the class it is most confused with: a factor shared by two classes (word parts
+  and word ends, say) lifts both above the first null but not above the second.  The
+  neighbours can be found after the pooled mode too (``modes``), so that a class's loading on
+  it does not make its tokens each other's neighbours.
 """
 
 from __future__ import annotations
@@ -31,6 +44,45 @@ def standardized_losses(draws: torch.Tensor) -> torch.Tensor:
     centred = pooled - pooled.mean(dim=1, keepdim=True)
     norm = centred.norm(dim=1, keepdim=True)
     return torch.where(norm > 0, centred / norm.clamp_min(1e-30), torch.zeros_like(centred))
+
+
+def _token_indices(tokens: np.ndarray, n: int, what: str) -> np.ndarray:
+    """Token indices from indices or an ``(n,)`` boolean mask."""
+    tokens = np.asarray(tokens)
+    if tokens.dtype == bool:
+        if tokens.shape != (n,):
+            raise ValueError(f"{what} as a mask must have shape ({n},), got {tokens.shape}")
+        return np.flatnonzero(tokens)
+    return tokens.astype(int).reshape(-1)
+
+
+def common_modes(Z: torch.Tensor, pool: np.ndarray | None = None, modes: int = 1) -> torch.Tensor:
+    """The ``modes`` leading principal directions over draws of the standardized losses ``Z``
+    ``(n, D)`` of the tokens in ``pool`` (indices or an ``(n,)`` mask; default all): ``(D, modes)``
+    orthonormal columns.  The first is the mode all tokens' losses share (up to its sign);
+    projecting it out of a token's losses leaves what that token does beyond its loading on it."""
+    if not 1 <= modes < Z.shape[1]:
+        raise ValueError(f"need 1 <= modes < draws ({Z.shape[1]}), got {modes}")
+    rows = Z if pool is None else Z[torch.as_tensor(_token_indices(pool, Z.shape[0], "pool"))]
+    if rows.shape[0] <= modes:
+        raise ValueError(f"the pool holds {rows.shape[0]} tokens, too few to estimate {modes} mode(s)")
+    rows = rows.double()
+    _, vectors = torch.linalg.eigh(rows.T @ rows)  # (D, D), eigenvalues ascending
+    return vectors[:, -modes:].flip(1)
+
+
+def partial_losses(draws: torch.Tensor, pool: np.ndarray | None = None, modes: int = 1) -> torch.Tensor:
+    """Standardized losses after the ``modes`` leading modes of ``pool``'s tokens
+    (:func:`common_modes`) are projected out: ``(n, D)`` float64 with ``R Rᵀ`` the *partial*
+    correlation of the tokens' losses given those modes; rows left constant are zero.
+    ``draws`` is ``(..., C, T, n)``; ``modes = 0`` gives :func:`standardized_losses`."""
+    Z = standardized_losses(draws).double()
+    if modes == 0:
+        return Z
+    V = common_modes(Z, pool, modes)
+    residual = Z - (Z @ V) @ V.T
+    norm = residual.norm(dim=1, keepdim=True)
+    return torch.where(norm > 1e-9, residual / norm.clamp_min(1e-30), torch.zeros_like(residual))
 
 
 def _labels(exclude_same: np.ndarray | None, n: int) -> torch.Tensor:
@@ -91,16 +143,25 @@ def random_group_null(draws: torch.Tensor, sizes: tuple[int, int], pool: np.ndar
     ``(n,)`` mask) and returns their mean loss correlation, with the same ``exclude_same`` as
     the entry it is a null for.  It is what two classes of those sizes get from the loss
     correlation that all tokens share (which grows over training), with nothing specific to
-    the classes."""
+    the classes, but also without their loadings on it: a class that loads more on the shared
+    mode than the pool lies above this null with no relation to the other class (and one that
+    loads less, below).  It is a secondary, loading-blind reading; a claim about a pair of
+    classes is read against :func:`class_pair_test`."""
     n = draws.shape[-1]
-    pool = np.asarray(pool)
-    pool = np.flatnonzero(pool) if pool.dtype == bool else pool
+    pool = _token_indices(pool, n, "pool")
     first, second = sizes
     if min(first, second) < 1 or first + second > len(pool):
         raise ValueError(f"need two non-empty disjoint groups of {sizes} tokens from a pool of {len(pool)}")
     if samples < 1:
         raise ValueError(f"need at least one sample, got {samples}")
     Z = standardized_losses(draws).double()   # once: every chunk reads the same losses
+    return _random_group_entries(Z, sizes, pool, samples, exclude_same, seed, chunk)
+
+
+def _random_group_entries(Z: torch.Tensor, sizes: tuple[int, int], pool: np.ndarray, samples: int,
+                          exclude_same: np.ndarray | None, seed: int, chunk: int) -> np.ndarray:
+    n = Z.shape[0]
+    first, second = sizes
     rng = np.random.default_rng(seed)
     values = []
     for start in range(0, samples, chunk):
@@ -112,6 +173,110 @@ def random_group_null(draws: torch.Tensor, sizes: tuple[int, int], pool: np.ndar
         matrix = _group_correlation(Z, membership, exclude_same)
         values.extend(matrix[2 * k, 2 * k + 1] for k in range(count))
     return np.array(values)
+
+
+VERDICTS: tuple[str, ...] = ("above the null", "inside the null", "below the null")
+"""Where an entry lies against its null's band."""
+
+
+def band_verdict(value: float, low: float, high: float) -> str:
+    """One of :data:`VERDICTS` for ``value`` against the band ``[low, high]``."""
+    return VERDICTS[0] if value > high else VERDICTS[2] if value < low else VERDICTS[1]
+
+
+@dataclass
+class ClassPairTest:
+    """A between-class entry beside what the two classes' loadings on the pooled mode predict
+    for it, and the same for random groups (see :func:`class_pair_test`)."""
+
+    entry: float
+    """The mean loss correlation between the two classes (:func:`group_correlation`)."""
+    predicted: float
+    """What one common mode predicts for it from each class's correlation with the pool:
+    ``ρ(A, P) · ρ(B, P) / ρ(P, P)`` (0 when the pool's own correlation is not positive)."""
+    null: np.ndarray
+    """``(samples,)`` :attr:`excess` of pairs of random groups of the same sizes from the pool,
+    each against the rest of the pool: what the excess is with no relation between groups."""
+    raw_null: np.ndarray
+    """``(samples,)`` the raw entry of the same random groups (:func:`random_group_null`): the
+    secondary, loading-blind reading."""
+
+    @property
+    def excess(self) -> float:
+        """:attr:`entry` minus :attr:`predicted`: the relation beyond the classes' loadings."""
+        return float(self.entry - self.predicted)
+
+    def band(self, coverage: float = 0.95) -> tuple[float, float]:
+        """Quantiles of :attr:`null` holding ``coverage`` of it."""
+        tail = (1 - coverage) / 2
+        low, high = np.quantile(self.null, [tail, 1 - tail])
+        return float(low), float(high)
+
+    def verdict(self, coverage: float = 0.95) -> str:
+        """Where :attr:`excess` lies against :meth:`band`: one of :data:`VERDICTS`."""
+        return band_verdict(self.excess, *self.band(coverage))
+
+
+def _one_factor_excess(matrix: np.ndarray) -> tuple[float, float]:
+    """``(entry, predicted)`` from the ``(3, 3)`` group correlation of (first, second, pool)."""
+    pool = matrix[2, 2]
+    predicted = matrix[0, 2] * matrix[1, 2] / pool if pool > 0 else 0.0
+    return float(matrix[0, 1]), float(predicted)
+
+
+def class_pair_test(draws: torch.Tensor, first: np.ndarray, second: np.ndarray, pool: np.ndarray | None = None,
+                    exclude_same: np.ndarray | None = None, samples: int = 200, seed: int = 0,
+                    chunk: int = 20) -> ClassPairTest:
+    """The relation between two classes of tokens, read against a null their loadings cannot fool.
+
+    Losses share a common mode, and a class loading more on it than other tokens correlates
+    more with everything.  If that mode were all, the entry between classes ``A`` and ``B``
+    would be what their correlations with a pool ``P`` of other tokens predict:
+    ``ρ(A, B) ≈ ρ(A, P) ρ(B, P) / ρ(P, P)`` (each ``ρ`` a mean correlation over pairs of distinct
+    tokens, so no token's own noise enters it, and the prediction is unbiased for any loadings).
+    The test is the **excess** of the entry over that prediction, beside the excess of
+    ``samples`` pairs of random groups of the same sizes drawn from the pool, each predicted
+    from the rest of the pool.  Loadings alone leave the excess inside the null; a component the
+    two classes alone share puts it above (of opposite signs, below).
+
+    ``first`` and ``second`` are ``(n,)`` masks (or indices) of two disjoint classes; ``pool`` the
+    other tokens (default: those in neither class); ``draws`` ``(..., C, T, n)``;
+    ``exclude_same`` as in :func:`group_correlation` (applied to every mean)."""
+    n = draws.shape[-1]
+    membership = np.zeros((n, 3), dtype=bool)
+    membership[_token_indices(first, n, "first"), 0] = True
+    membership[_token_indices(second, n, "second"), 1] = True
+    if (membership[:, 0] & membership[:, 1]).any():
+        raise ValueError("the two classes share tokens; a between-class test needs disjoint classes")
+    in_class = membership[:, :2].any(axis=1)
+    pool = np.flatnonzero(~in_class) if pool is None else _token_indices(pool, n, "pool")
+    if in_class[pool].any():
+        raise ValueError("the pool must not hold tokens of either class")
+    membership[pool, 2] = True
+    sizes = (int(membership[:, 0].sum()), int(membership[:, 1].sum()))
+    if min(sizes) < 1 or sum(sizes) + 2 > len(pool):
+        raise ValueError(f"need two non-empty classes ({sizes} tokens) and a pool larger than both together; "
+                         f"the pool has {len(pool)}")
+    if samples < 1:
+        raise ValueError(f"need at least one sample, got {samples}")
+    Z = standardized_losses(draws).double()
+    entry, predicted = _one_factor_excess(_group_correlation(Z, membership, exclude_same))
+    rng = np.random.default_rng(seed)
+    null, raw = [], []
+    for start in range(0, samples, chunk):
+        count = min(chunk, samples - start)
+        groups = np.zeros((n, 3 * count), dtype=bool)
+        for k in range(count):
+            chosen = rng.permutation(pool)
+            groups[chosen[: sizes[0]], 3 * k] = True
+            groups[chosen[sizes[0]: sum(sizes)], 3 * k + 1] = True
+            groups[chosen[sum(sizes):], 3 * k + 2] = True
+        matrix = _group_correlation(Z, groups, exclude_same)
+        for k in range(count):
+            value, prediction = _one_factor_excess(matrix[3 * k: 3 * k + 3, 3 * k: 3 * k + 3])
+            null.append(value - prediction)
+            raw.append(value)
+    return ClassPairTest(entry=entry, predicted=predicted, null=np.array(null), raw_null=np.array(raw))
 
 
 def same_label_pair_share(membership: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -138,13 +303,16 @@ def _exclusion_labels(exclude_same: Exclusion, n: int) -> list[torch.Tensor]:
 
 
 def knn_neighbours(draws: torch.Tensor, k: int = 30, exclude_same: Exclusion = None,
-                   block: int = 1024) -> torch.Tensor:
+                   block: int = 1024, modes: int = 0, mode_pool: np.ndarray | None = None) -> torch.Tensor:
     """Each token's ``k`` most correlated other tokens by loss, ``(n, k)`` indices.
 
     ``exclude_same`` (``(n,)`` labels such as token ids, or a tuple of such arrays) also rules
-    out tokens that share a label with the token.  Found in blocks of ``block`` rows, so memory
-    is ``O(block · n)``."""
-    Z = standardized_losses(draws)
+    out tokens that share a label with the token.  ``modes > 0`` ranks by the partial
+    correlation after that many leading modes of the tokens ``mode_pool`` (default all;
+    :func:`partial_losses`): with one common mode, ``Corr(ℓ_t, ℓ_u) ≈ λ_t λ_u``, so every
+    token's nearest neighbours would be the tokens that load most on it, and a class that loads
+    more would vote for itself.  Found in blocks of ``block`` rows, so memory is ``O(block · n)``."""
+    Z = standardized_losses(draws) if modes == 0 else partial_losses(draws, mode_pool, modes).float()
     n = Z.shape[0]
     labels = _exclusion_labels(exclude_same, n)
     eligible = n - 1 - sum(int(torch.bincount(lab).max()) - 1 for lab in labels)  # at least this many per token
@@ -202,11 +370,65 @@ def recall_from_neighbours(neighbours: torch.Tensor, membership: np.ndarray) -> 
 
 
 def knn_class_recall(draws: torch.Tensor, membership: np.ndarray, k: int = 30, exclude_same: Exclusion = None,
-                     block: int = 1024) -> np.ndarray:
+                     block: int = 1024, modes: int = 0) -> np.ndarray:
     """Same-class recall minus class rate of a ``k``-nearest-neighbour vote by loss correlation
     (paper App. D.1.3): ``(A,)``.  Its value for neighbours unrelated to the classes is *not* 0
-    (see :func:`knn_recall_test`).  ``exclude_same`` as in :func:`knn_neighbours`."""
-    return recall_from_neighbours(knn_neighbours(draws, k, exclude_same, block), membership)
+    (see :func:`knn_recall_test`).  ``exclude_same`` and ``modes`` as in :func:`knn_neighbours`."""
+    return recall_from_neighbours(knn_neighbours(draws, k, exclude_same, block, modes), membership)
+
+
+def _rate_scores(neighbours: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
+    """The rate-adjusted votes of ``neighbours`` ``(n, k)`` for every class, ``(n, A)``."""
+    n = member.shape[0]
+    votes = member[neighbours].sum(1).double()
+    rate = (member.sum(0).double()[None, :] - member.double()) / (n - 1)
+    return torch.where(rate > 0, votes / rate.clamp_min(1e-12), torch.zeros_like(votes))
+
+
+def confusable_classes(neighbours: torch.Tensor, membership: np.ndarray) -> np.ndarray:
+    """For every class, the other class its tokens' neighbours vote for most (rate-adjusted
+    votes summed over the class's tokens), the tokens of no class counting as one more class
+    (index ``A``): ``(A,)`` indices, the group a factor shared with it would make it look like."""
+    member = np.asarray(membership, dtype=bool)
+    A = member.shape[1]
+    extended = torch.as_tensor(np.concatenate([member, ~member.any(axis=1, keepdims=True)], axis=1))
+    scores = _rate_scores(neighbours, extended)
+    confused = np.empty(A, dtype=int)
+    for a in range(A):
+        totals = scores[extended[:, a]].sum(0)
+        totals[a] = -float("inf")
+        confused[a] = int(totals.argmax())
+    return confused
+
+
+def specificity_null(neighbours: torch.Tensor, membership: np.ndarray, confused: np.ndarray, permutations: int,
+                     seed: int = 0) -> np.ndarray:
+    """``(permutations, A)``: the recall of each class ``a`` with its label shuffled among the
+    tokens of ``a`` and of ``confused[a]`` (a class, or ``A`` for the tokens of no class; see
+    :func:`confusable_classes`), its size kept and every other class as it is, under the same
+    ``neighbours``.  If ``a``'s tokens are found only as part of a group they share with the
+    confused class (a factor common to both), the shuffled label is recalled as well; only what
+    tells ``a`` from that group lifts its recall above this null.  With neighbours found under
+    exclusions (``exclude_same``), the shuffle moves the label away from its own ids, which
+    makes this null conservative (high) for a class made of a few ids."""
+    member = np.asarray(membership, dtype=bool)
+    n, A = member.shape
+    groups = np.concatenate([member, ~member.any(axis=1, keepdims=True)], axis=1)
+    base = torch.as_tensor(member)
+    rng = np.random.default_rng(seed)
+    null = np.empty((permutations, A))
+    others = _rate_scores(neighbours, base)  # shuffling one class leaves the others' scores as they are
+    for a in range(A):
+        union = np.flatnonzero(groups[:, a] | groups[:, confused[a]])
+        size = int(member[:, a].sum())
+        for p in range(permutations):
+            column = np.zeros(n, dtype=bool)
+            column[rng.choice(union, size=size, replace=False)] = True
+            inside = torch.as_tensor(column)
+            scores = others.clone()
+            scores[:, a] = _rate_scores(neighbours, inside[:, None])[:, 0]
+            null[p, a] = (scores.argmax(dim=1)[inside] == a).double().mean().item() - size / n
+    return null
 
 
 @dataclass
@@ -218,6 +440,11 @@ class KNNRecall:
     null: np.ndarray
     """``(P, A)`` the same vote ``P`` times with neighbours that know nothing of the losses (see
     :func:`knn_recall_test`): what it gives when the classes have nothing to do with influence."""
+    specific_null: np.ndarray
+    """``(P, A)`` the vote with each class's label shuffled among its tokens and those of
+    :attr:`confused_with` (:func:`specificity_null`): what a factor shared by the two gives."""
+    confused_with: np.ndarray
+    """``(A,)`` the class each class is most confused with (:func:`confusable_classes`)."""
 
     @property
     def null_mean(self) -> np.ndarray:
@@ -234,10 +461,26 @@ class KNNRecall:
         """``(A,)`` recall above the null's mean."""
         return self.recall - self.null_mean
 
+    def specific_band(self, coverage: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """``(A,)`` lower and upper quantiles holding ``coverage`` of :attr:`specific_null`."""
+        tail = (1 - coverage) / 2
+        return np.quantile(self.specific_null, tail, axis=0), np.quantile(self.specific_null, 1 - tail, axis=0)
+
+    def recognised(self, coverage: float = 0.95) -> np.ndarray:
+        """``(A,)`` booleans: the recall lies above the upper bound of *both* nulls' bands, so the
+        class is told apart from random neighbours and from the class it is most confused with.
+        This is what a claim that a class is recognised is read against."""
+        return (self.recall > self.null_band(coverage)[1]) & (self.recall > self.specific_band(coverage)[1])
+
 
 def knn_recall_test(draws: torch.Tensor, membership: np.ndarray, k: int = 30, exclude_same: Exclusion = None,
-                    permutations: int = 200, seed: int = 0, block: int = 1024) -> KNNRecall:
-    """:func:`knn_class_recall` beside its null, ``permutations`` times.
+                    permutations: int = 200, seed: int = 0, block: int = 1024, modes: int = 0,
+                    mode_pool: np.ndarray | None = None) -> KNNRecall:
+    """:func:`knn_class_recall` beside its two nulls, ``permutations`` times each: the chance null
+    below and the specificity null (:func:`specificity_null`); :meth:`KNNRecall.recognised`
+    reads a class against both.  ``modes`` as in :func:`knn_neighbours`, with the modes estimated
+    on ``mode_pool`` (default: the tokens of no class, which carry the mode all tokens share but
+    no class's own factor, so removing it cannot remove what makes a class a class).
 
     Without ``exclude_same`` the null shuffles the rows of the membership (which keeps the
     classes' sizes and overlaps) under the neighbours found once.  With it, shuffling would be
@@ -249,7 +492,11 @@ def knn_recall_test(draws: torch.Tensor, membership: np.ndarray, k: int = 30, ex
     if permutations < 1:
         raise ValueError(f"need at least one permutation, got {permutations}")
     member = np.asarray(membership, dtype=bool)
-    neighbours = knn_neighbours(draws, k, exclude_same, block)
+    if modes and mode_pool is None:
+        mode_pool = ~member.any(axis=1)
+        if mode_pool.sum() <= modes:
+            raise ValueError("every token is in a class: name the tokens to estimate the common mode on (mode_pool)")
+    neighbours = knn_neighbours(draws, k, exclude_same, block, modes, mode_pool)
     if exclude_same is None:
         rng = np.random.default_rng(seed)
         null = [recall_from_neighbours(neighbours, member[rng.permutation(len(member))]) for _ in range(permutations)]
@@ -257,4 +504,6 @@ def knn_recall_test(draws: torch.Tensor, membership: np.ndarray, k: int = 30, ex
         generator = torch.Generator().manual_seed(seed)
         null = [recall_from_neighbours(random_neighbours(len(member), k, exclude_same, generator), member)
                 for _ in range(permutations)]
-    return KNNRecall(recall_from_neighbours(neighbours, member), np.array(null))
+    confused = confusable_classes(neighbours, member)
+    return KNNRecall(recall_from_neighbours(neighbours, member), np.array(null),
+                     specificity_null(neighbours, member, confused, permutations, seed), confused)

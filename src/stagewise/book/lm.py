@@ -2,8 +2,9 @@
 device and the cache around :mod:`stagewise.lm`.
 
 The source is one setting: the profile's ``lm_source``, overridden by ``$STAGEWISE_LM``
-(``local``, the offline default, or ``pythia-14m``).  With ``pythia-14m`` the text is the Pile,
-streamed from the hub, or local shards named in ``$STAGEWISE_PILE`` (paths separated by
+(``local``, the offline default, or ``pythia-14m``).  With ``pythia-14m`` the text is streamed
+from the hub as ``monology/pile-uncopyrighted`` (a filtered, copyright-stripped subset of the
+Pile, not the exact Pile Pythia was trained on), or read from local Pile shards named in ``$STAGEWISE_PILE`` (paths separated by
 ``os.pathsep``, ``.jsonl.zst`` as the Pile ships them); the checkpoints and tokenizer come from
 the Hugging Face hub, or its cache (``$HF_HOME``) with ``HF_HUB_OFFLINE=1``.
 """

@@ -71,6 +71,11 @@ def pile_corpus(dataset: str = "monology/pile-uncopyrighted", documents: int = 2
     """The first ``documents`` documents of a Pile-style data set (a ``text`` field per row),
     streamed with ``datasets`` and split by a seeded hash of their position.
 
+    The default, ``monology/pile-uncopyrighted``, is a *filtered* Pile: the Pile with its
+    subsets under copyright removed, not the exact corpus Pythia was trained on; its text is
+    Pile-like, and statistics of it are not those of Pythia's training data.  The Pile itself, as local shards, is ``"json"`` with
+    ``data_files``.
+
     ``dataset`` is a hub name (needs a network, or the ``datasets`` cache), or ``"json"`` with
     local ``data_files``: the Pile's own ``.jsonl.zst`` shards (decompressed with
     ``zstandard``) or plain ``.jsonl``.  The Pile's shards on the hub are ``.jsonl.zst`` too.

@@ -6,7 +6,9 @@ A *source* fixes the three together, so a model is never fed ids from another to
     the Python standard library's sources as text, a byte-level BPE trained on them, and models
     of Pythia-14m's architecture trained from scratch on that text;
 :class:`PythiaSource`
-    the Pile (streamed from the hub, or local ``.jsonl.zst`` shards), Pythia's own tokenizer and
+    Pile text (by default streamed from the hub as ``monology/pile-uncopyrighted``, a filtered,
+    copyright-stripped subset of the Pile rather than the exact Pile Pythia was trained on; or
+    local ``.jsonl.zst`` shards of the Pile), Pythia's own tokenizer and
     Pythia's published hub revisions ``step0 … step143000``; a model can also be trained from
     scratch on this text and tokenizer, as the paper's App. D.2 does.
 
@@ -48,8 +50,10 @@ class LocalSource:
 @dataclass(frozen=True)
 class PythiaSource:
     """A Pythia model's hub revisions, its tokenizer, and the first ``documents`` documents of
-    the Pile: the hub data set ``pile`` streamed, or the local shards ``pile_files``
-    (``.jsonl.zst`` as the Pile ships them, or ``.jsonl``)."""
+    Pile text: the hub data set ``pile`` streamed (by default ``monology/pile-uncopyrighted``,
+    a filtered subset of the Pile with its copyrighted parts removed, *not* the exact Pile
+    Pythia was trained on), or the local shards ``pile_files`` (``.jsonl.zst`` as the Pile
+    ships them, or ``.jsonl``: the real Pile when one has it)."""
 
     repo: str = "EleutherAI/pythia-14m"
     steps: tuple[int, ...] = PYTHIA_STEPS
@@ -71,8 +75,13 @@ class PythiaSource:
         return self.repo.rpartition("/")[2]
 
     def describe(self) -> str:
-        text = ", ".join(Path(f).name for f in self.pile_files) if self.pile_files else self.pile
-        return f"{self.name}: {self.repo}'s hub revisions and tokenizer, {self.documents} documents of the Pile ({text})"
+        if self.pile_files:
+            text = f"the Pile shards {', '.join(Path(f).name for f in self.pile_files)}"
+        elif self.pile == "monology/pile-uncopyrighted":
+            text = f"{self.pile}, a copyright-filtered subset of the Pile, not the exact Pile Pythia saw"
+        else:
+            text = self.pile
+        return f"{self.name}: {self.repo}'s hub revisions and tokenizer, {self.documents} documents of {text}"
 
 
 LanguageModelSource = LocalSource | PythiaSource

@@ -217,16 +217,32 @@ def training_batch(config: LMConfig, stream: torch.Tensor, step: int, generator:
     return batch
 
 
-def token_losses(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+LOGITS_PER_CHUNK = 2**24
+"""At most this many logits (64 MiB in float32) are formed at once by :func:`token_losses`."""
+
+
+def token_losses(model: torch.nn.Module, input_ids: torch.Tensor, logits_per_chunk: int = LOGITS_PER_CHUNK) -> torch.Tensor:
     """Per-token next-token cross-entropy of a causal LM, ``(batch, length − 1)``, computed on the
-    model's device (the ids are moved there)."""
+    model's device (the ids are moved there).
+
+    The rows are evaluated in chunks of at most ``logits_per_chunk`` logits (rows × length ×
+    vocabulary), so that the memory of the logits does not grow with the batch: 600 × 55
+    observables at Pythia's vocabulary of 50 304 would otherwise form 6.6 GB of logits at once
+    (and as much again for their log-softmax).  Under autograd the chunks' graphs are kept
+    until the backward pass, as one batch's would be."""
     parameter = next(model.parameters(), None)
     if parameter is not None:
         input_ids = input_ids.to(parameter.device)
-    logits = model(input_ids=input_ids).logits[:, :-1]
-    targets = input_ids[:, 1:]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                             reduction="none").reshape(targets.shape)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    rows = input_ids.shape[0] if vocab is None else max(1, logits_per_chunk // (vocab * input_ids.shape[1]))
+    return torch.cat([_token_losses(model, input_ids[start : start + rows])
+                      for start in range(0, input_ids.shape[0], rows)])
+
+
+def _token_losses(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=input_ids).logits[:, :-1]  # (rows, L − 1, vocabulary), a view
+    # classes on dimension 1, as cross_entropy takes them: a view too, where a reshape would copy
+    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
 
 
 def sequences(stream: torch.Tensor, count: int, length: int, seed: int = 0) -> torch.Tensor:

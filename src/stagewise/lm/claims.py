@@ -1,0 +1,86 @@
+"""The paper's three claims about Pythia-14m's checkpoints (§4, App. D.1), as verdicts.
+
+Whether a claim holds is what a run finds, not what the design guarantees, so these functions
+return a :class:`ClaimVerdict` (holds, fails, or cannot be tested with the checkpoints given)
+for the book to report, never an assertion that stops a build:
+
+* :func:`induction_peak_claim`: the induction class's influence on itself rises from about
+  step 1000 and peaks near step 30 000 (10 000 to 60 000) before it falls;
+* :func:`delimiter_inversion_claim`: the relation between left and right delimiters, read
+  against its null (:func:`stagewise.groups.class_pair_test`), has one sign in the first few
+  hundred steps and the other from step 2000 on;
+* :func:`knn_recall_claim`: the nearest-neighbour vote recognises every class, against both of
+  its nulls (:meth:`stagewise.groups.KNNRecall.recognised`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from stagewise.groups import VERDICTS
+
+
+@dataclass(frozen=True)
+class ClaimVerdict:
+    """What a run says about one claim."""
+
+    claim: str
+    holds: bool | None
+    """``None`` when the checkpoints given cannot test it."""
+    detail: str
+
+    @property
+    def reading(self) -> str:
+        """``"holds"``, ``"fails"`` or ``"not testable"``, with the detail."""
+        word = "not testable" if self.holds is None else "holds" if self.holds else "fails"
+        return f"{word} ({self.detail})"
+
+
+def induction_peak_claim(steps: Sequence[int], induction_self: np.ndarray, onset: int = 1000,
+                         apex: tuple[int, int] = (10_000, 60_000)) -> ClaimVerdict:
+    """The induction class's within-class loss correlation ``induction_self`` ``(S,)`` at
+    ``steps`` peaks inside ``apex`` and is higher there than at ``onset`` and at the last step."""
+    steps = list(steps)
+    values = np.asarray(induction_self, dtype=float)
+    claim = f"induction influence rises from step {onset} and peaks in steps {apex[0]}-{apex[1]}, then falls"
+    if len(values) != len(steps):
+        raise ValueError(f"{len(values)} values for {len(steps)} steps")
+    if onset not in steps or not any(apex[0] <= s <= apex[1] for s in steps) or steps[-1] <= apex[1]:
+        return ClaimVerdict(claim, None, f"the steps {steps} do not include {onset}, the apex range and a later step")
+    peak = steps[int(np.argmax(values))]
+    holds = apex[0] <= peak <= apex[1] and values[steps.index(onset)] < values.max() > values[-1]
+    return ClaimVerdict(claim, bool(holds), f"peak at step {peak}, {values.max():+.3f}; "
+                        f"{values[steps.index(onset)]:+.3f} at step {onset}, {values[-1]:+.3f} at step {steps[-1]}")
+
+
+def delimiter_inversion_claim(steps: Sequence[int], verdicts: Sequence[str], early: tuple[int, int] = (1, 512),
+                              later: int = 2000) -> ClaimVerdict:
+    """The left-right delimiter relation's verdict against its null at each step
+    (:meth:`stagewise.groups.ClassPairTest.verdict`, one of :data:`stagewise.groups.VERDICTS`)
+    is one side of the null at every step in ``early`` and the other side at every step from
+    ``later`` on."""
+    steps, verdicts = list(steps), list(verdicts)
+    if len(steps) != len(verdicts) or any(v not in VERDICTS for v in verdicts):
+        raise ValueError(f"need one of {VERDICTS} per step, got {verdicts} for {steps}")
+    claim = "the left-right delimiter relation inverts early (one side of its null before step 512, the other after 2000)"
+    first = [v for s, v in zip(steps, verdicts) if early[0] <= s <= early[1]]
+    last = [v for s, v in zip(steps, verdicts) if s >= later]
+    if not first or not last:
+        return ClaimVerdict(claim, None, f"the steps {steps} do not include both an early step and one from {later} on")
+    sides = {VERDICTS[0]: VERDICTS[2], VERDICTS[2]: VERDICTS[0]}
+    holds = len(set(first)) == 1 and first[0] in sides and all(v == sides[first[0]] for v in last)
+    return ClaimVerdict(claim, bool(holds), f"early: {', '.join(first)}; from step {later}: {', '.join(last)}")
+
+
+def knn_recall_claim(class_names: Sequence[str], recognised: np.ndarray) -> ClaimVerdict:
+    """Every class is recognised by the nearest-neighbour vote at the last checkpoint
+    (``recognised`` ``(A,)`` booleans from :meth:`stagewise.groups.KNNRecall.recognised`)."""
+    recognised = np.asarray(recognised, dtype=bool)
+    if recognised.shape != (len(class_names),):
+        raise ValueError(f"need one boolean per class ({len(class_names)}), got shape {recognised.shape}")
+    missed = [name for name, ok in zip(class_names, recognised) if not ok]
+    return ClaimVerdict("the nearest-neighbour vote recognises every class above both of its nulls",
+                        not missed, "not recognised: " + ", ".join(missed) if missed else "all recognised")

@@ -1,0 +1,95 @@
+"""The Pythia section's claims, as verdicts, on planted synthetic draws where they hold and fail."""
+
+import numpy as np
+import pytest
+import torch
+
+from stagewise.groups import VERDICTS, class_pair_test, group_correlation, knn_recall_test
+from stagewise.lm.claims import delimiter_inversion_claim, induction_peak_claim, knn_recall_claim
+
+STEPS = [0, 128, 512, 1000, 4000, 16000, 32000, 64000, 143000]
+
+
+def class_factor_draws(weight: float, seed: int, n: int = 200, members: int = 40, draws: int = 200) -> torch.Tensor:
+    """Noise, with the first ``members`` tokens sharing one factor of ``weight``."""
+    rng = np.random.default_rng(seed)
+    values = rng.normal(size=(draws, n))
+    values[:, :members] += weight * rng.normal(size=(draws, 1))
+    return torch.tensor(values.reshape(2, draws // 2, n))
+
+
+def induction_self(weights) -> np.ndarray:
+    member = np.zeros((200, 1), dtype=bool)
+    member[:40] = True
+    return np.array([group_correlation(class_factor_draws(w, seed), member)[0, 0] for seed, w in enumerate(weights)])
+
+
+def test_induction_peak_claim_holds_for_a_planted_peak_and_fails_for_a_monotone_rise():
+    peaked = induction_self([0, 0, 0, 0.2, 0.5, 0.8, 1.0, 0.6, 0.3])      # apex at step 32000
+    verdict = induction_peak_claim(STEPS, peaked)
+    assert verdict.holds is True and "32000" in verdict.detail
+    rising = induction_self([0, 0, 0, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0])      # still rising at the last step
+    assert induction_peak_claim(STEPS, rising).holds is False
+    assert induction_peak_claim([0, 16, 64], peaked[:3]).holds is None    # a stand-in's few steps cannot test it
+    assert induction_peak_claim([0, 16, 64], peaked[:3]).reading.startswith("not testable")
+    with pytest.raises(ValueError, match="values for"):
+        induction_peak_claim(STEPS, peaked[:3])
+
+
+def delimiter_draws(pair: float, loading: float, seed: int, n: int = 240, draws: int = 200) -> torch.Tensor:
+    """A common mode (delimiters load ``loading``, the rest 0.3) and a component of weight
+    ``pair`` in the left delimiters (0…29) that the right ones (30…59) carry with the opposite
+    sign when ``pair < 0``."""
+    rng = np.random.default_rng(seed)
+    load = np.full(n, 0.3)
+    load[:60] = loading
+    common, shared = rng.normal(size=(draws, 1)), rng.normal(size=(draws, 1))
+    values = np.sqrt(1 - load**2) * rng.normal(size=(draws, n)) + load * common
+    values[:, :30] += abs(pair) * shared
+    values[:, 30:60] += pair * shared
+    return torch.tensor(values.reshape(2, draws // 2, n))
+
+
+def delimiter_verdicts(pairs, loadings) -> list[str]:
+    left, right = np.arange(240) < 30, (np.arange(240) >= 30) & (np.arange(240) < 60)
+    return [class_pair_test(delimiter_draws(p, a, seed), left, right, samples=60, seed=seed).verdict()
+            for seed, (p, a) in enumerate(zip(pairs, loadings))]
+
+
+def test_delimiter_inversion_claim_holds_for_a_planted_flip_and_not_for_loadings_alone():
+    flip = delimiter_verdicts([0, 0.4, 0.4, 0, -0.4, -0.4, -0.4, -0.4, -0.4], [0.3] * 9)
+    verdict = delimiter_inversion_claim(STEPS, flip)
+    assert verdict.holds is True, verdict.detail
+    # the delimiters' loading falls from above the rest's to below it and nothing else: the raw
+    # entry against random groups would go from above to below, the claim's shape; here it fails
+    loadings = delimiter_verdicts([0] * 9, [0.5, 0.5, 0.5, 0.3, 0.15, 0.15, 0.15, 0.15, 0.15])
+    assert delimiter_inversion_claim(STEPS, loadings).holds is False
+    assert delimiter_inversion_claim([0, 16], ["inside the null"] * 2).holds is None
+    with pytest.raises(ValueError, match="one of"):
+        delimiter_inversion_claim(STEPS, ["up"] * 9)
+    assert set(flip) <= set(VERDICTS)
+
+
+def knn_draws(shared: bool, seed: int = 0, n: int = 900, draws: int = 100):
+    """Three classes (a fifth of the tokens each) and unclassed tokens; each class with its own
+    factor, or (``shared``) classes 0 and 1 with one factor between them."""
+    rng = np.random.default_rng(seed)
+    classes = rng.choice(4, size=n, p=[0.2, 0.2, 0.2, 0.4])
+    values = rng.normal(size=(draws, n))
+    factors = rng.normal(size=(draws, 3))
+    for c in range(3):
+        values[:, classes == c] += 0.8 * factors[:, [0 if shared and c == 1 else c]]
+    return torch.tensor(values.reshape(2, draws // 2, n)), np.eye(4, dtype=bool)[classes][:, :3]
+
+
+def test_knn_recall_claim_holds_for_planted_classes_and_fails_for_a_shared_factor():
+    names = ["a", "b", "c"]
+    draws, membership = knn_draws(shared=False)
+    planted = knn_recall_test(draws, membership, k=20, permutations=40, modes=1)
+    assert knn_recall_claim(names, planted.recognised()).holds is True
+    draws, membership = knn_draws(shared=True)
+    shared = knn_recall_test(draws, membership, k=20, permutations=40, modes=1)
+    verdict = knn_recall_claim(names, shared.recognised())
+    assert verdict.holds is False and verdict.detail == "not recognised: a, b"
+    with pytest.raises(ValueError, match="one boolean per class"):
+        knn_recall_claim(names, np.ones(2, dtype=bool))
