@@ -178,3 +178,17 @@ def test_calibrate_says_so_when_no_step_passes():
     with pytest.raises(ValueError, match="no step size passes"):
         calibrate(model, squared_error, data, checkpoints, nbeta=NBETA, gamma=GAMMA, epsilons=[8.0, 4.0],
                   chains=2, draws=50, preconditioner="none", progress=False)
+
+
+def test_a_stationary_trace_rarely_loses_draws_and_a_warm_up_is_found_exactly():
+    from stagewise.diagnostics import find_burn_in
+
+    generator = torch.Generator().manual_seed(1)
+    K, C, T = 400, 4, 200
+    noise = torch.randn(K, C, T, generator=generator)
+    traces = torch.zeros(K, C, T)
+    for t in range(1, T):   # AR(1), autocorrelation 0.8
+        traces[..., t] = 0.8 * traces[..., t - 1] + noise[..., t]
+    assert (find_burn_in(traces) > 0).float().mean() < 0.08, "chance alone should rarely look like a warm-up"
+    warmed = traces + torch.cat([torch.linspace(-20, 0, 20), torch.zeros(T - 20)])
+    assert (find_burn_in(warmed) == 20).float().mean() > 0.9

@@ -33,7 +33,9 @@ SGLD step.  :func:`stagewise.influence.bif_trajectory` applies it to every check
     none of the above.
 
 >>> import torch
->>> trace = torch.cat([torch.linspace(4.3, 4.9, 20), torch.full((180,), 4.9)]) + 0.01 * torch.randn(200)
+>>> generator = torch.Generator().manual_seed(0)
+>>> noise = 0.01 * torch.randn(200, generator=generator)
+>>> trace = torch.cat([torch.linspace(4.3, 4.9, 20), torch.full((180,), 4.9)]) + noise
 >>> int(find_burn_in(trace.expand(2, 200)[None])[0])   # the climb over the first 20 draws
 20
 """
@@ -150,8 +152,11 @@ def find_burn_in(traces: torch.Tensor, criteria: Criteria = Criteria()) -> torch
     (or ``T`` windows of one draw when ``T < 40``).  The second half's windows give the
     stationary level ``μ`` (their mean) and the spread of a window's mean ``σ`` (their standard
     deviation, which includes the autocorrelation).  The burn-in ends after the last window
-    whose mean lies more than ``criteria.z`` ``σ`` from ``μ``: from there on every window is
-    within Monte-Carlo error of the second half.  It is at most ``T/2`` by construction; a
+    whose mean lies more than ``z'·σ·√(1 + 1/h)`` from ``μ`` (``h`` windows in the second half),
+    where ``z'`` is ``criteria.z`` corrected for testing the ``m`` first-half windows at once
+    (Bonferroni: the two-sided level of ``z`` shared among them, ``z' ≈ 3.6`` for ``z = 3`` and
+    ``m = 10``), so that a stationary trace rarely loses draws to chance: from there on every
+    window is within Monte-Carlo error of the second half.  It is at most ``T/2`` by construction; a
     trend that persists into the second half is caught by the split ``R̂`` of the kept draws
     (verdict ``drifting``).  A checkpoint whose chains diverged gets 0.
     """
@@ -162,7 +167,11 @@ def find_burn_in(traces: torch.Tensor, criteria: Criteria = Criteria()) -> torch
     second = level[:, count // 2:]
     mu = second.mean(-1, keepdim=True)
     sigma = second.std(-1, keepdim=True) if second.shape[-1] > 1 else torch.zeros_like(mu)
-    tolerance = criteria.z * sigma + 64 * torch.finfo(traces.dtype).eps * mu.abs()
+    tested = count - second.shape[-1]
+    level_tail = torch.special.ndtr(torch.tensor(-float(criteria.z), dtype=torch.float64))   # one tail of z
+    z_family = -torch.special.ndtri(level_tail / max(tested, 1))
+    spread = sigma * math.sqrt(1 + 1 / second.shape[-1])   # the stationary level is estimated too
+    tolerance = z_family * spread + 64 * torch.finfo(traces.dtype).eps * mu.abs()
     outside = (level - mu).abs() > tolerance
     outside[:, count // 2:] = False
     last = torch.where(outside, torch.arange(count), -1).max(-1).values  # last window outside, -1 if none

@@ -10,12 +10,12 @@ Two reductions of the normalized BIF (SPEC §4), both in ``O(tokens × draws)`` 
   loading cannot fool.  All token losses share a common mode (it grows in training), and a
   class that merely loads more (or less) on it than other tokens has a raw entry above (or
   below) that of random groups (:func:`random_group_null`) with no relation between the
-  classes at all.  The test takes the *partial* correlation after the pooled mode: the leading
-  principal directions of the pool's standardized losses (:func:`common_modes`) are projected
-  out of every token's losses (:func:`partial_losses`), and the entry of the residuals
-  (:func:`partial_group_correlation`) is set beside the same entry for random groups of the
-  residuals.  Under a single common factor the residual entry is 0 whatever the loadings; a
-  term shared by the two classes alone stays.
+  classes at all.  The test compares the entry with what one common mode predicts from each
+  class's correlation with a pool of other tokens, ``ρ(A, P) ρ(B, P) / ρ(P, P)``, and sets the
+  excess beside the same excess for random groups of the pool.  Under a single common factor
+  the excess is 0 whatever the loadings; a term shared by the two classes alone stays.
+  (Projecting an estimated mode out of the losses, :func:`partial_losses`, is biased for this:
+  the mode's estimation error leaves high-loading classes correlated.)
 * :func:`knn_class_recall`: how often a token's most correlated neighbours vote for its own
   class (paper App. D.1.3), optionally ignoring neighbours with the same label, beside two
   nulls (:func:`knn_recall_test`): the vote of neighbours that know nothing of the losses (the
