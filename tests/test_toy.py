@@ -157,3 +157,15 @@ def test_strided_trajectory_samples_what_the_full_one_samples_there(experiment):
     strided = short.bif_trajectory(config, stride=2, progress=False)
     torch.testing.assert_close(strided.bif, full.bif[::2])
     assert full.bif.shape == (5, 8, 8) and full.verdicts == ["healthy"] * 5
+
+
+def test_query_weights_give_each_distinct_query_one_share(data):
+    dog = data.index("dog")
+    queries = [j for j in range(8) if j != dog]
+    weights = dict(zip((data.items[j] for j in queries), data.query_weights(dog, queries)))
+    # three kinds of query for the dog: its sibling, the two birds, the four plants
+    assert weights["cat"] == pytest.approx(1 / 3)
+    assert weights["sparrow"] == weights["penguin"] == pytest.approx(1 / 6)
+    assert all(weights[plant] == pytest.approx(1 / 12) for plant in ("pine", "oak", "rose", "lily"))
+    with pytest.raises(ValueError):
+        data.query_weights(dog, [9])
