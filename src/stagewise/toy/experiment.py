@@ -147,6 +147,76 @@ def bif_sweep(
     return SweepResult(list(configs), bif, indices)
 
 
+@dataclass
+class GaussianCheck:
+    """How far the sampled local posterior is from one Gaussian, per setting and checkpoint.
+
+    ``configs``: the ``S`` sampler settings; ``checkpoint_indices``: the ``K`` checkpoints
+    (indices into the experiment's epochs).  ``(S, K)`` arrays: ``slope`` and ``correlation`` of
+    the sampled BIF's 64 entries regressed on (correlated with) its second-order Gaussian limit
+    (:func:`stagewise.classical.gaussian_bif`) for the same nβ and γ; ``bimodality``: Sarle's
+    bimodality coefficient of the total loss over all draws of all chains pooled (5/9 for a
+    uniform distribution; above it suggests two modes; a Gaussian gives 1/3, a skewed
+    generalised chi-square somewhat more); ``diverged``: whether a chain diverged (then the
+    other entries are NaN).
+    """
+
+    configs: list[SGLDConfig]
+    checkpoint_indices: np.ndarray
+    slope: np.ndarray
+    correlation: np.ndarray
+    bimodality: np.ndarray
+    diverged: np.ndarray
+
+
+def bimodality_coefficient(values: np.ndarray) -> float:
+    """Sarle's bimodality coefficient ``(skew² + 1) / (excess kurtosis + 3(n−1)²/((n−2)(n−3)))``
+    of a 1-d sample (at least four values): 1/3 for a Gaussian, 5/9 for a uniform distribution,
+    towards 1 for two well separated modes."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float).ravel()
+    n = len(values)
+    if n < 4 or not np.all(np.isfinite(values)):
+        raise ValueError(f"need at least four finite values, got {n}")
+    skew, kurtosis = stats.skew(values, bias=False), stats.kurtosis(values, bias=False)
+    return float((skew ** 2 + 1) / (kurtosis + 3 * (n - 1) ** 2 / ((n - 2) * (n - 3))))
+
+
+def gaussian_check(experiment: ToyExperiment, configs: list[SGLDConfig], checkpoint_indices: list[int],
+                   progress: bool = True, device: torch.device | str | None = None) -> GaussianCheck:
+    """Sample each setting in ``configs`` around the checkpoints ``checkpoint_indices`` and
+    compare the BIF with its second-order Gaussian limit (see :class:`GaussianCheck`)."""
+    from stagewise.classical import gaussian_bif
+
+    indices = np.asarray(checkpoint_indices, dtype=int)
+    if indices.ndim != 1 or len(indices) == 0 or indices.min() < 0 or indices.max() >= len(experiment.epochs):
+        raise ValueError(f"checkpoint indices must lie in [0, {len(experiment.epochs)}), got {checkpoint_indices}")
+    model, data, checkpoints, _ = experiment._sampling_inputs(1)
+    chosen = [checkpoints[k] for k in indices]
+    exact = experiment.trajectory.state_dicts()
+    items64 = (torch.tensor(experiment.data.inputs), torch.tensor(experiment.data.outputs))
+    shape = (len(configs), len(indices))
+    slope, correlation, bimodality = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
+    diverged = np.zeros(shape, dtype=bool)
+    for s, config in enumerate(progress_bar(configs, desc="Gaussian check", leave=False, disable=not progress)):
+        draws = sample_losses(model, item_loss, data, config, checkpoints=chosen, checkpoint_indices=indices.tolist(),
+                              progress=False, device=device, on_divergence="record")
+        sampled = bif_matrix(draws.sampling).numpy()                        # (K, 8, 8)
+        limit = gaussian_bif(experiment.trajectory.module(), item_loss, items64, [exact[k] for k in indices],
+                             config.nbeta, config.gamma, progress=False)    # (K, 8, 8)
+        for k in range(len(indices)):
+            total = draws.sampling[k].sum(-1).numpy().ravel()               # (C·T,)
+            if not np.all(np.isfinite(total)):
+                diverged[s, k] = True
+                continue
+            a, b = sampled[k].ravel(), limit[k].ravel()
+            slope[s, k] = a @ b / (b @ b)
+            correlation[s, k] = np.corrcoef(a, b)[0, 1]
+            bimodality[s, k] = bimodality_coefficient(total)
+    return GaussianCheck(list(configs), indices, slope, correlation, bimodality, diverged)
+
+
 def run_toy_experiment(config: TrainingConfig | None = None, checkpoints: int = 201,
                        device: torch.device | str | None = None) -> ToyExperiment:
     """Train the network of App. C.1 on ``device`` (default the CPU) and record it at
