@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from stagewise import cache
@@ -64,7 +66,7 @@ def test_failed_computation_stores_nothing(cache_root):
 
     with pytest.raises(RuntimeError):
         cache.cached("thing", {}, broken)
-    assert not list(cache_root.iterdir())
+    assert not [path for path in cache_root.iterdir() if path.suffix != ".lock"], "no entry, no temporary file"
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
@@ -111,3 +113,37 @@ def test_two_processes_filling_one_entry_leave_a_whole_one(cache_root):
     value = cache._read_entry(entry)  # raises on a torn or interleaved write
     assert value in ([1] * 200_000, [2] * 200_000)
     assert not list(cache_root.glob("*.tmp")), "temporary files must not be left behind"
+
+
+def test_a_second_process_waits_for_an_entry_being_computed_instead_of_computing_it(tmp_path):
+    """Two chapters run side by side ask for the same entry: one computes, the other reads."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    marks = tmp_path / "computed"
+    marks.mkdir()
+    env = {"STAGEWISE_CACHE": str(tmp_path / "cache")}
+    together = context.Barrier(2)   # both ask at the same moment
+    workers = [context.Process(target=_compute_slowly, args=(env, str(marks), k, together)) for k in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    assert len(list(marks.iterdir())) == 1, "the entry was computed more than once"
+
+
+def _compute_slowly(env: dict, marks: str, index: int, together) -> None:
+    import os
+    import time
+
+    os.environ.update(env)
+    from stagewise.cache import cached
+
+    def compute() -> int:
+        Path(marks, str(index)).touch()
+        time.sleep(1.0)   # long enough for the other process to ask while this one computes
+        return 42
+
+    together.wait(timeout=60)
+    assert cached("slow", {"a": 1}, compute) == 42

@@ -13,8 +13,10 @@ module, so a library user's call never writes here behind their back; :mod:`stag
 wraps them.
 
 Entries are written atomically (a temporary file in the same folder, then ``os.replace``), so
-an interrupted run leaves nothing half-written and two processes filling the same entry at
-once both leave a whole one.  Each entry carries a SHA-256 of its payload: a truncated or
+an interrupted run leaves nothing half-written.  A process about to compute an entry holds a
+lock on it (``fcntl.flock`` where the system has it), so a second process asking for the same
+entry at the same time (two chapters run side by side) waits and then reads it instead of
+computing it again.  Each entry carries a SHA-256 of its payload: a truncated or
 corrupted entry is detected, reported with a warning, removed and recomputed.
 """
 
@@ -28,7 +30,8 @@ import os
 import pickle
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
@@ -179,6 +182,22 @@ def _read_entry(path: Path) -> Any:
     return pickle.loads(payload)
 
 
+@contextmanager
+def _entry_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock for the entry ``path`` while it is looked up and computed."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks (Windows): concurrent runs may both compute
+        yield
+        return
+    with open(path.with_suffix(".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def cached(name: str, config: Mapping[str, Any], compute: Callable[[], T],
            depends_on: Dependency = None) -> T:
     """Return ``compute()``, loading it from the cache when the same ``(name, config)`` was
@@ -189,12 +208,13 @@ def cached(name: str, config: Mapping[str, Any], compute: Callable[[], T],
     picklable object.  An unreadable entry is reported with a warning and recomputed.
     """
     path = cache_dir() / f"{artifact_key(name, config, depends_on)}.pkl"
-    if path.exists():
-        try:
-            return _read_entry(path)
-        except (CorruptEntry, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as error:
-            warnings.warn(f"cache entry {path.name} is unreadable ({error}); recomputing it", stacklevel=2)
-            path.unlink(missing_ok=True)
-    result = compute()
-    _write_entry(path, result)
-    return result
+    with _entry_lock(path):
+        if path.exists():
+            try:
+                return _read_entry(path)
+            except (CorruptEntry, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as error:
+                warnings.warn(f"cache entry {path.name} is unreadable ({error}); recomputing it", stacklevel=2)
+                path.unlink(missing_ok=True)
+        result = compute()
+        _write_entry(path, result)
+        return result

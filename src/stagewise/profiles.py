@@ -105,6 +105,8 @@ class LanguageModelSizes:
     lr_schedule: str = "cosine"
     repeated_fraction: float = 0.0
     """Share of each training batch that is repeated random tokens (0: natural text only)."""
+    null_samples: int = 200
+    """Draws of every null of Chapter 5's token study (KNN label permutations, random groups)."""
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,7 @@ PROFILES: dict[str, Profile] = {
             vocab_size=512, hidden=64, layers=2, intermediate=256, context=64, steps=300, batch_size=8,
             checkpoint_interval=100, observable_sequences=40, sequence_length=33, sampling_batch=8,
             chains=2, draws=20, analysed_steps=(0, 16, 64, 128, 200, 300), asserts_claims=False,
+            null_samples=20,
         ),
         induction=InductionSizes(
             model=LanguageModelSizes(

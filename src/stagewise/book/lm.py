@@ -74,7 +74,7 @@ def study_sizes(profile: Profile | None = None) -> LanguageModelSizes:
         batch_size=1024, checkpoint_interval=1000,  # Pythia's: 1024 sequences a step, a revision every 1000 steps
         observable_sequences=study.observable_sequences, sequence_length=study.sequence_length,
         sampling_batch=study.sampling_batch, chains=study.chains, draws=study.draws,
-        analysed_steps=study.analysed_steps,
+        analysed_steps=study.analysed_steps, null_samples=profile.lm.null_samples,
         asserts_claims=False,  # the claims of the local run; Pythia's are asserted in their own section
     )
 
