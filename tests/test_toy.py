@@ -169,3 +169,17 @@ def test_query_weights_give_each_distinct_query_one_share(data):
     assert all(weights[plant] == pytest.approx(1 / 12) for plant in ("pine", "oak", "rose", "lily"))
     with pytest.raises(ValueError):
         data.query_weights(dog, [9])
+
+
+def test_gaussian_check_finds_one_gaussian_under_strong_localization():
+    from stagewise.sampling import SGLDConfig
+    from stagewise.toy.experiment import gaussian_check
+
+    run = toy.run_toy_experiment(toy.TrainingConfig(epochs=3000), checkpoints=4)
+    strong = SGLDConfig(epsilon=3e-6, nbeta=3000, gamma=5000, chains=2, draws=1000)
+    check = gaussian_check(run, [strong], [2, 3], progress=False)
+    assert check.slope.shape == check.correlation.shape == (1, 2) and not check.diverged.any()
+    assert np.all(check.correlation > 0.95) and np.all(np.abs(check.slope - 1) < 0.3)
+    assert np.all(check.between_chains < 0.2)     # two chains in one mode
+    with pytest.raises(ValueError):
+        gaussian_check(run, [strong], [7], progress=False)

@@ -154,33 +154,22 @@ class GaussianCheck:
     ``configs``: the ``S`` sampler settings; ``checkpoint_indices``: the ``K`` checkpoints
     (indices into the experiment's epochs).  ``(S, K)`` arrays: ``slope`` and ``correlation`` of
     the sampled BIF's 64 entries regressed on (correlated with) its second-order Gaussian limit
-    (:func:`stagewise.classical.gaussian_bif`) for the same nβ and γ; ``bimodality``: Sarle's
-    bimodality coefficient of the total loss over all draws of all chains pooled (5/9 for a
-    uniform distribution; above it suggests two modes; a Gaussian gives 1/3, a skewed
-    generalised chi-square somewhat more); ``diverged``: whether a chain diverged (then the
-    other entries are NaN).
+    (:func:`stagewise.classical.gaussian_bif`) for the same nβ and γ; ``between_chains``: the
+    share of the total loss's variance over all draws that lies between the chains' means (the
+    between term of the law of total variance: near ``τ/T`` for chains mixing in one mode, with
+    ``τ`` the autocorrelation time and ``T`` the draws, and large when chains settle in different
+    modes); ``diverged``: whether a chain diverged (then the other entries are NaN).
+
+    The loss draws' shape is no test of one Gaussian here: under a Gaussian posterior the loss
+    is a generalised chi-square, skewed when few directions dominate.
     """
 
     configs: list[SGLDConfig]
     checkpoint_indices: np.ndarray
     slope: np.ndarray
     correlation: np.ndarray
-    bimodality: np.ndarray
+    between_chains: np.ndarray
     diverged: np.ndarray
-
-
-def bimodality_coefficient(values: np.ndarray) -> float:
-    """Sarle's bimodality coefficient ``(skew² + 1) / (excess kurtosis + 3(n−1)²/((n−2)(n−3)))``
-    of a 1-d sample (at least four values): 1/3 for a Gaussian, 5/9 for a uniform distribution,
-    towards 1 for two well separated modes."""
-    from scipy import stats
-
-    values = np.asarray(values, dtype=float).ravel()
-    n = len(values)
-    if n < 4 or not np.all(np.isfinite(values)):
-        raise ValueError(f"need at least four finite values, got {n}")
-    skew, kurtosis = stats.skew(values, bias=False), stats.kurtosis(values, bias=False)
-    return float((skew ** 2 + 1) / (kurtosis + 3 * (n - 1) ** 2 / ((n - 2) * (n - 3))))
 
 
 def gaussian_check(experiment: ToyExperiment, configs: list[SGLDConfig], checkpoint_indices: list[int],
@@ -197,7 +186,7 @@ def gaussian_check(experiment: ToyExperiment, configs: list[SGLDConfig], checkpo
     exact = experiment.trajectory.state_dicts()
     items64 = (torch.tensor(experiment.data.inputs), torch.tensor(experiment.data.outputs))
     shape = (len(configs), len(indices))
-    slope, correlation, bimodality = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
+    slope, correlation, between = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
     diverged = np.zeros(shape, dtype=bool)
     for s, config in enumerate(progress_bar(configs, desc="Gaussian check", leave=False, disable=not progress)):
         draws = sample_losses(model, item_loss, data, config, checkpoints=chosen, checkpoint_indices=indices.tolist(),
@@ -206,15 +195,15 @@ def gaussian_check(experiment: ToyExperiment, configs: list[SGLDConfig], checkpo
         limit = gaussian_bif(experiment.trajectory.module(), item_loss, items64, [exact[k] for k in indices],
                              config.nbeta, config.gamma, progress=False)    # (K, 8, 8)
         for k in range(len(indices)):
-            total = draws.sampling[k].sum(-1).numpy().ravel()               # (C·T,)
+            total = draws.sampling[k].sum(-1).numpy()                       # (C, T)
             if not np.all(np.isfinite(total)):
                 diverged[s, k] = True
                 continue
             a, b = sampled[k].ravel(), limit[k].ravel()
             slope[s, k] = a @ b / (b @ b)
             correlation[s, k] = np.corrcoef(a, b)[0, 1]
-            bimodality[s, k] = bimodality_coefficient(total)
-    return GaussianCheck(list(configs), indices, slope, correlation, bimodality, diverged)
+            between[s, k] = total.mean(axis=1).var() / total.var()
+    return GaussianCheck(list(configs), indices, slope, correlation, between, diverged)
 
 
 def run_toy_experiment(config: TrainingConfig | None = None, checkpoints: int = 201,
