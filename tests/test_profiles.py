@@ -21,3 +21,19 @@ def test_unknown_profile_lists_valid_ones(monkeypatch):
     monkeypatch.setenv(PROFILE_ENV, "huge")
     with pytest.raises(ValueError, match="'huge'.*fast, default, paper"):
         get_profile()
+
+
+def test_training_seed_comes_from_the_profile_and_the_environment(monkeypatch):
+    from stagewise.book import toy as book_toy
+    from stagewise.profiles import SEED_ENV
+
+    monkeypatch.delenv(SEED_ENV, raising=False)
+    assert get_profile("fast").seed != get_profile("default").seed   # the tests run another seed than the book
+    monkeypatch.setenv(PROFILE_ENV, "default")
+    assert book_toy.training_config().seed == get_profile("default").seed
+    monkeypatch.setenv(SEED_ENV, "3")
+    assert get_profile("fast").seed == 3 and book_toy.training_config().seed == 3
+    for bad in ("-1", "one"):
+        monkeypatch.setenv(SEED_ENV, bad)
+        with pytest.raises(ValueError, match=SEED_ENV):
+            get_profile()

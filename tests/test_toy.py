@@ -158,3 +158,29 @@ def test_strided_trajectory_samples_what_the_full_one_samples_there(experiment):
     strided = short.bif_trajectory(config, stride=2, progress=False)
     torch.testing.assert_close(strided.bif, full.bif[::2])
     assert full.bif.shape == (5, 8, 8) and strided.verdicts == full.verdicts[::2]
+
+
+def test_query_weights_give_each_distinct_query_one_share(data):
+    dog = data.index("dog")
+    queries = [j for j in range(8) if j != dog]
+    weights = dict(zip((data.items[j] for j in queries), data.query_weights(dog, queries)))
+    # three kinds of query for the dog: its sibling, the two birds, the four plants
+    assert weights["cat"] == pytest.approx(1 / 3)
+    assert weights["sparrow"] == weights["penguin"] == pytest.approx(1 / 6)
+    assert all(weights[plant] == pytest.approx(1 / 12) for plant in ("pine", "oak", "rose", "lily"))
+    with pytest.raises(ValueError):
+        data.query_weights(dog, [9])
+
+
+def test_gaussian_check_finds_one_gaussian_under_strong_localization():
+    from stagewise.sampling import SGLDConfig
+    from stagewise.toy.experiment import gaussian_check
+
+    run = toy.run_toy_experiment(toy.TrainingConfig(epochs=3000), checkpoints=4)
+    strong = SGLDConfig(epsilon=3e-6, nbeta=3000, gamma=5000, chains=2, draws=1000)
+    check = gaussian_check(run, [strong], [2, 3], progress=False)
+    assert check.slope.shape == check.correlation.shape == (1, 2) and not check.diverged.any()
+    assert np.all(check.correlation > 0.95) and np.all(np.abs(check.slope - 1) < 0.3)
+    assert np.all(check.between_chains < 0.2)     # two chains in one mode
+    with pytest.raises(ValueError):
+        gaussian_check(run, [strong], [7], progress=False)

@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, replace
 
 PROFILE_ENV = "STAGEWISE_PROFILE"
+SEED_ENV = "STAGEWISE_SEED"
 LM_SOURCE_ENV = "STAGEWISE_LM"
 LM_SOURCES: tuple[str, ...] = ("local", "pythia-14m")
 """Where Chapters 5 and 6 take their model, tokenizer and text from: ``local`` (offline: the
@@ -167,8 +168,15 @@ class Profile:
     pythia: PythiaSizes
     lm_source: str = "local"
     """One of :data:`LM_SOURCES`; ``$STAGEWISE_LM`` overrides it."""
+    seed: int = 0
+    """The training seed of the toy chapters (the network's initial weights); ``$STAGEWISE_SEED``
+    overrides it.  The fast profile, which the test suite runs, uses another seed than the book,
+    so the tests check the toy chapters' claims on a second initialisation."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"the training seed must be a non-negative integer (from {SEED_ENV} or the "
+                             f"profile), got {self.seed!r}")
         if self.lm_source not in LM_SOURCES:
             raise ValueError(f"unknown language-model source {self.lm_source!r} (from {LM_SOURCE_ENV} or the "
                              f"profile); valid sources are: {', '.join(LM_SOURCES)}")
@@ -187,6 +195,7 @@ PAPER_PYTHIA = PythiaSizes(
 PROFILES: dict[str, Profile] = {
     "fast": Profile(
         name="fast",
+        seed=1,
         theory=TheorySizes(n_grid=60, mc_sizes=5, mc_draws=40_000),
         toy=ToySizes(
             checkpoints=101, bif_chains=4, bif_draws=400,
@@ -287,7 +296,8 @@ PROFILES: dict[str, Profile] = {
 
 def get_profile(name: str | None = None) -> Profile:
     """Return the profile called ``name``, or the one named by ``$STAGEWISE_PROFILE``, with its
-    language-model source replaced by ``$STAGEWISE_LM`` when that is set.
+    language-model source replaced by ``$STAGEWISE_LM`` and its training seed by
+    ``$STAGEWISE_SEED`` when those are set.
 
     With neither given, the ``default`` profile.  An unknown name or source raises
     ``ValueError`` listing the valid ones.
@@ -303,4 +313,13 @@ def get_profile(name: str | None = None) -> Profile:
             f"valid profiles are: {valid}"
         ) from None
     source = os.environ.get(LM_SOURCE_ENV, "").strip()
-    return replace(profile, lm_source=source) if source else profile
+    if source:
+        profile = replace(profile, lm_source=source)
+    seed = os.environ.get(SEED_ENV, "").strip()
+    if seed:
+        try:
+            value = int(seed)
+        except ValueError:
+            raise ValueError(f"{SEED_ENV} must be a non-negative integer, got {seed!r}") from None
+        profile = replace(profile, seed=value)
+    return profile

@@ -24,7 +24,14 @@ from stagewise.influence import BIFTrajectory
 from stagewise.profiles import ToySizes, get_profile
 from stagewise.sampling import SGLDConfig
 from stagewise.toy import experiment as toy_experiment
-from stagewise.toy.experiment import SweepResult, ToyExperiment, bif_sweep, run_toy_experiment
+from stagewise.toy.experiment import (
+    GaussianCheck,
+    SweepResult,
+    ToyExperiment,
+    bif_sweep,
+    gaussian_check,
+    run_toy_experiment,
+)
 from stagewise.toy.network import TrainingConfig, item_loss
 
 
@@ -58,9 +65,16 @@ def _chapters_burn_in(config: SGLDConfig) -> SGLDConfig:
     return replace(config, burn_in=0) if config.burn_in is None else config
 
 
+def training_config() -> TrainingConfig:
+    """The chapters' training hyperparameters (App. C.1) with the profile's training seed
+    (:attr:`stagewise.profiles.Profile.seed`; ``$STAGEWISE_SEED`` overrides it)."""
+    return TrainingConfig(seed=get_profile().seed)
+
+
 def experiment(config: TrainingConfig | None = None, checkpoints: int | None = None) -> ToyExperiment:
-    """The trained toy network (cached), recorded at the profile's number of checkpoints."""
-    config = config or TrainingConfig()
+    """The trained toy network (cached), recorded at the profile's number of checkpoints, with
+    :func:`training_config` unless ``config`` is given."""
+    config = config or training_config()
     count = checkpoints or sizes().checkpoints
     return cached("toy-experiment", {"training": config, "checkpoints": count},
                   lambda: run_toy_experiment(config, count, device=device()), depends_on=run_toy_experiment)
@@ -85,6 +99,15 @@ def sweep(run: ToyExperiment, configs: list[SGLDConfig], stride: int, on_diverge
            "on_divergence": on_divergence, "device": where.type}
     return cached("toy-sweep", key, lambda: bif_sweep(run, configs, stride, on_divergence, progress=rank_and_size()[0] == 0, device=where),
                   depends_on=bif_sweep)
+
+
+def posterior_gaussianity(run: ToyExperiment, configs: list[SGLDConfig], checkpoint_indices: list[int]) -> GaussianCheck:
+    """:func:`stagewise.toy.experiment.gaussian_check` of ``configs`` at ``checkpoint_indices`` (cached)."""
+    where = device()
+    key = {"training": run.config, "checkpoints": len(run.epochs), "configs": configs,
+           "at": [int(k) for k in checkpoint_indices], "device": where.type}
+    return cached("toy-gaussian-check", key, lambda: gaussian_check(run, configs, checkpoint_indices, device=where),
+                  depends_on=gaussian_check)
 
 
 def leave_one_out(run: ToyExperiment) -> np.ndarray:

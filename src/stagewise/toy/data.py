@@ -8,6 +8,7 @@ output matrix is derived from it: one column per node of a three-level binary tr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from functools import cached_property
 from typing import NamedTuple
 
@@ -72,6 +73,20 @@ class Hierarchy:
             for covered in nodes.values()
         ]
         return np.array(columns).T
+
+    def query_weights(self, source: int, queries: Sequence[int]) -> np.ndarray:
+        """Weights ``(Q,)`` summing to one that give every *distinct* query of ``source`` the same
+        share: queries sharing the same number of features with ``source`` (the same entry of
+        ``YYᵀ``) are copies of each other under the tree's symmetry, so the four plants, for the
+        dog, share one weight between them instead of taking 4/7 of a plain mean."""
+        queries = list(queries)
+        if not queries or not all(0 <= q < len(self.items) for q in [source, *queries]):
+            raise ValueError(f"source and queries must be item indices in [0, {len(self.items)}), "
+                             f"got {source} and {queries}")
+        shared = (self.outputs @ self.outputs.T)[source, queries]
+        classes, counts = np.unique(shared, return_counts=True)
+        per_query = 1.0 / (len(classes) * counts[np.searchsorted(classes, shared)])
+        return per_query
 
     def splits(self) -> list[Split]:
         """Every branching of the tree, from the root down.

@@ -147,6 +147,65 @@ def bif_sweep(
     return SweepResult(list(configs), bif, indices)
 
 
+@dataclass
+class GaussianCheck:
+    """How far the sampled local posterior is from one Gaussian, per setting and checkpoint.
+
+    ``configs``: the ``S`` sampler settings; ``checkpoint_indices``: the ``K`` checkpoints
+    (indices into the experiment's epochs).  ``(S, K)`` arrays: ``slope`` and ``correlation`` of
+    the sampled BIF's 64 entries regressed on (correlated with) its second-order Gaussian limit
+    (:func:`stagewise.classical.gaussian_bif`) for the same nβ and γ; ``between_chains``: the
+    share of the total loss's variance over all draws that lies between the chains' means (the
+    between term of the law of total variance: near ``τ/T`` for chains mixing in one mode, with
+    ``τ`` the autocorrelation time and ``T`` the draws, and large when chains settle in different
+    modes); ``diverged``: whether a chain diverged (then the other entries are NaN).
+
+    The loss draws' shape is no test of one Gaussian here: under a Gaussian posterior the loss
+    is a generalised chi-square, skewed when few directions dominate.
+    """
+
+    configs: list[SGLDConfig]
+    checkpoint_indices: np.ndarray
+    slope: np.ndarray
+    correlation: np.ndarray
+    between_chains: np.ndarray
+    diverged: np.ndarray
+
+
+def gaussian_check(experiment: ToyExperiment, configs: list[SGLDConfig], checkpoint_indices: list[int],
+                   progress: bool = True, device: torch.device | str | None = None) -> GaussianCheck:
+    """Sample each setting in ``configs`` around the checkpoints ``checkpoint_indices`` and
+    compare the BIF with its second-order Gaussian limit (see :class:`GaussianCheck`)."""
+    from stagewise.classical import gaussian_bif
+
+    indices = np.asarray(checkpoint_indices, dtype=int)
+    if indices.ndim != 1 or len(indices) == 0 or indices.min() < 0 or indices.max() >= len(experiment.epochs):
+        raise ValueError(f"checkpoint indices must lie in [0, {len(experiment.epochs)}), got {checkpoint_indices}")
+    model, data, checkpoints, _ = experiment._sampling_inputs(1)
+    chosen = [checkpoints[k] for k in indices]
+    exact = experiment.trajectory.state_dicts()
+    items64 = (torch.tensor(experiment.data.inputs), torch.tensor(experiment.data.outputs))
+    shape = (len(configs), len(indices))
+    slope, correlation, between = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
+    diverged = np.zeros(shape, dtype=bool)
+    for s, config in enumerate(progress_bar(configs, desc="Gaussian check", leave=False, disable=not progress)):
+        draws = sample_losses(model, item_loss, data, config, checkpoints=chosen, checkpoint_indices=indices.tolist(),
+                              progress=False, device=device, on_divergence="record")
+        sampled = bif_matrix(draws.sampling).numpy()                        # (K, 8, 8)
+        limit = gaussian_bif(experiment.trajectory.module(), item_loss, items64, [exact[k] for k in indices],
+                             config.nbeta, config.gamma, progress=False)    # (K, 8, 8)
+        for k in range(len(indices)):
+            total = draws.sampling[k].sum(-1).numpy()                       # (C, T)
+            if not np.all(np.isfinite(total)):
+                diverged[s, k] = True
+                continue
+            a, b = sampled[k].ravel(), limit[k].ravel()
+            slope[s, k] = a @ b / (b @ b)
+            correlation[s, k] = np.corrcoef(a, b)[0, 1]
+            between[s, k] = total.mean(axis=1).var() / total.var()
+    return GaussianCheck(list(configs), indices, slope, correlation, between, diverged)
+
+
 def run_toy_experiment(config: TrainingConfig | None = None, checkpoints: int = 201,
                        device: torch.device | str | None = None) -> ToyExperiment:
     """Train the network of App. C.1 on ``device`` (default the CPU) and record it at
