@@ -208,6 +208,16 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     return None
 
 
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Unit tests first (they run while the pages execute), then the pages, then what reads the whole book."""
+    def stage(item: pytest.Item) -> int:
+        if item.get_closest_marker("uses_book"):
+            return 2
+        return 1 if isinstance(item, PageItem) or "executed_page" in getattr(item, "fixturenames", ()) else 0
+
+    items.sort(key=stage)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the pages that the selected tests need, before the first test runs."""
     pages = [item.name for item in session.items if isinstance(item, PageItem)]

@@ -30,12 +30,13 @@ import os
 import pickle
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
+
+from stagewise._files import exclusive_lock
 
 CACHE_ENV = "STAGEWISE_CACHE"
 PACKAGE = Path(__file__).parent
@@ -182,22 +183,6 @@ def _read_entry(path: Path) -> Any:
     return pickle.loads(payload)
 
 
-@contextmanager
-def _entry_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock for the entry ``path`` while it is looked up and computed."""
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks (Windows): concurrent runs may both compute
-        yield
-        return
-    with open(path.with_suffix(".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def cached(name: str, config: Mapping[str, Any], compute: Callable[[], T],
            depends_on: Dependency = None) -> T:
     """Return ``compute()``, loading it from the cache when the same ``(name, config)`` was
@@ -208,7 +193,7 @@ def cached(name: str, config: Mapping[str, Any], compute: Callable[[], T],
     picklable object.  An unreadable entry is reported with a warning and recomputed.
     """
     path = cache_dir() / f"{artifact_key(name, config, depends_on)}.pkl"
-    with _entry_lock(path):
+    with exclusive_lock(path.with_suffix(".lock")):
         if path.exists():
             try:
                 return _read_entry(path)

@@ -27,6 +27,7 @@ from typing import ClassVar
 
 import torch
 
+from stagewise._files import exclusive_lock
 from stagewise.lm.checkpoints import PYTHIA_STEPS, LocalCheckpoints, PythiaCheckpoints
 from stagewise.lm.corpus import Corpus, pile_corpus, stdlib_corpus
 from stagewise.lm.tokenizer import load_tokenizer, train_bpe_tokenizer
@@ -186,8 +187,9 @@ def source_tokenizer(source: LanguageModelSource, vocab_size: int, directory: Pa
     if isinstance(source, PythiaSource):
         return load_tokenizer(source.repo, revision=f"step{source.steps[-1]}", cache_dir=source.cache_dir)
     saved = text_directory(source, vocab_size, directory) / "tokenizer"
-    if not (saved / "tokenizer.json").exists():
-        train_bpe_tokenizer(source_corpus(source).train[: source.tokenizer_documents], vocab_size, saved)
+    with exclusive_lock(saved.with_name("tokenizer.lock")):   # another process may be training it
+        if not (saved / "tokenizer.json").exists():
+            train_bpe_tokenizer(source_corpus(source).train[: source.tokenizer_documents], vocab_size, saved)
     return load_tokenizer(saved)
 
 
@@ -196,13 +198,15 @@ def source_streams(source: LanguageModelSource, tokenizer, vocab_size: int, dire
     :func:`text_directory` (the Pile is read once)."""
     path = text_directory(source, vocab_size, directory) / "streams.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        return torch.load(path)
-    corpus = source_corpus(source)
-    streams = {"train": token_stream(corpus.train, tokenizer), "observable": token_stream(corpus.observable, tokenizer)}
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(streams, temporary)
-    os.replace(temporary, path)
+    with exclusive_lock(path.with_suffix(".lock")):   # another process may be tokenizing the same text
+        if path.exists():
+            return torch.load(path)
+        corpus = source_corpus(source)
+        streams = {"train": token_stream(corpus.train, tokenizer),
+                   "observable": token_stream(corpus.observable, tokenizer)}
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(streams, temporary)
+        os.replace(temporary, path)
     return streams
 
 
