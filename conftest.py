@@ -81,6 +81,9 @@ class BookRun:
 
     def __init__(self, workers: int, profile: str) -> None:
         self.workers, self.profile = max(1, workers), profile
+        # the environment as the session began: a unit test that monkeypatches os.environ while
+        # a page starts must not hand its temporary settings (a cache folder, say) to the page
+        self._environment = dict(os.environ)
         self._done: dict[str, threading.Event] = {}
         self._results: dict[str, PageRun] = {}
         self._queue: list[str] = []
@@ -121,7 +124,7 @@ class BookRun:
 
     def _execute(self, name: str) -> PageRun:
         out = RUNS / name
-        env = dict(os.environ, STAGEWISE_PROFILE=self.profile, STAGEWISE_PROGRESS=str(out) + ".progress.log",
+        env = dict(self._environment, STAGEWISE_PROFILE=self.profile, STAGEWISE_PROGRESS=str(out) + ".progress.log",
                    OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         env.pop("STAGEWISE_TIMES", None)   # the run records its time beside its outputs
         out.parent.mkdir(parents=True, exist_ok=True)
