@@ -31,6 +31,9 @@ WORKERS_ENV = "STAGEWISE_TEST_WORKERS"
 
 # Tests run the small profile unless the caller chose one.
 os.environ.setdefault("STAGEWISE_PROFILE", "fast")
+# The unit tests share the cores with the pages executing beside them: one thread each (set before
+# torch is imported) keeps the processes from spinning against each other.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # The book's own build plumbing and the package's `python -m` entry point are not test modules.
 collect_ignore = ["book/_ext", "src/stagewise/__main__.py"]
 

@@ -187,8 +187,14 @@ def rendered(page: Path, tmp_path: Path) -> PageText:
     return parsed
 
 
-def test_theory_chapter_renders_math_and_figures(built_book, tmp_path):
-    page = rendered(built_book / "theory.html", tmp_path)
+@pytest.fixture(scope="module")
+def theory_page(built_book, tmp_path_factory) -> PageText:
+    """The theory chapter as Chromium shows it (rendered once for the checks below)."""
+    return rendered(built_book / "theory.html", tmp_path_factory.mktemp("chromium"))
+
+
+def test_theory_chapter_renders_math_and_figures(built_book, theory_page):
+    page = theory_page
     text = "".join(page.text)
     assert "Influence as a susceptibility" in text
     leftover = [marker for marker in RAW_MATH if marker in text]
@@ -202,10 +208,10 @@ def test_theory_chapter_renders_math_and_figures(built_book, tmp_path):
         assert (built_book / src).stat().st_size > 10_000, f"figure {src} is empty"
 
 
-def test_theory_chapter_glues_captions_cites_and_hides_solutions(built_book, tmp_path):
+def test_theory_chapter_glues_captions_cites_and_hides_solutions(built_book, theory_page):
     from stagewise import theory
 
-    page = rendered(built_book / "theory.html", tmp_path)
+    page = theory_page
     text = " ".join("".join(page.text).split())
     # a number in the prose comes from the run: the critical size, as the library computes it
     n_c = f"{theory.example_posterior().critical_n():.0f}"
