@@ -76,6 +76,8 @@ class ToySizes:
     """Independent seeds of the BIF trajectory, to tell Monte Carlo noise from bias."""
     lds_subsets: int
     """Half-subsets retrained for the linear datamodeling score (all 70 when at least 70)."""
+    lds_null_samples: int = 200
+    """Random attributions drawn for the LDS's null band."""
 
 
 @dataclass(frozen=True)
@@ -203,7 +205,7 @@ PROFILES: dict[str, Profile] = {
             sweep_epsilons=(1e-5, 1e-3), sweep_nbetas=(1000, 5000), sweep_gammas=(1000, 5000),
             sweep_plain_epsilons=(1e-4, 1e-3), sweep_stabilities=(0.1, 1.0), sweep_decays=(0.99,),
             classical_stride=4, gaussian_stride=4, bias_epsilons=(3e-5, 3e-6), bias_stride=20, bif_seeds=2,
-            lds_subsets=70,
+            lds_subsets=70, lds_null_samples=50,
         ),
         lm=LanguageModelSizes(
             vocab_size=512, hidden=64, layers=2, intermediate=256, context=64, steps=300, batch_size=8,
