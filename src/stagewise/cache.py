@@ -28,7 +28,6 @@ import inspect
 import json
 import os
 import pickle
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from functools import lru_cache
@@ -36,7 +35,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
-from stagewise._files import exclusive_lock
+from stagewise._files import exclusive_lock, written_atomically
 
 CACHE_ENV = "STAGEWISE_CACHE"
 PACKAGE = Path(__file__).parent
@@ -158,14 +157,8 @@ def artifact_key(name: str, config: Mapping[str, Any], depends_on: Dependency = 
 
 def _write_entry(path: Path, value: Any) -> None:
     payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(MAGIC + hashlib.sha256(payload).digest() + payload)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with written_atomically(path) as temporary:
+        temporary.write_bytes(MAGIC + hashlib.sha256(payload).digest() + payload)
 
 
 class CorruptEntry(ValueError):

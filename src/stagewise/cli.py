@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from stagewise._files import written_atomically
 from stagewise.profiles import PROFILE_ENV, PROFILES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,9 +132,8 @@ def record_times(profile: str, seconds: dict[str, float], path: Path, by: str = 
 
 
 def _write_json(path: Path, table: dict) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    temporary.replace(path)
+    with written_atomically(path) as temporary:
+        temporary.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def update_reference(measured: Path = MEASURED_TIMES, reference: Path = REFERENCE_TIMES) -> list[str]:

@@ -27,7 +27,7 @@ from typing import ClassVar
 
 import torch
 
-from stagewise._files import exclusive_lock
+from stagewise._files import exclusive_lock, written_atomically
 from stagewise.lm.checkpoints import PYTHIA_STEPS, LocalCheckpoints, PythiaCheckpoints
 from stagewise.lm.corpus import Corpus, pile_corpus, stdlib_corpus
 from stagewise.lm.tokenizer import load_tokenizer, train_bpe_tokenizer
@@ -204,9 +204,8 @@ def source_streams(source: LanguageModelSource, tokenizer, vocab_size: int, dire
         corpus = source_corpus(source)
         streams = {"train": token_stream(corpus.train, tokenizer),
                    "observable": token_stream(corpus.observable, tokenizer)}
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(streams, temporary)
-        os.replace(temporary, path)
+        with written_atomically(path) as temporary:
+            torch.save(streams, temporary)
     return streams
 
 

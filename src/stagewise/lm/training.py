@@ -11,13 +11,13 @@ device its caller names (the CPU by default).
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from stagewise._files import written_atomically
 from stagewise.progress import progress as progress_bar
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
@@ -122,9 +122,8 @@ def token_stream(texts: tuple[str, ...], tokenizer) -> torch.Tensor:
 
 
 def _save_atomically(obj: object, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with written_atomically(path) as temporary:
+        torch.save(obj, temporary)
 
 
 def state_path(directory: Path, step: int) -> Path:
