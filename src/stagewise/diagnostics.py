@@ -84,12 +84,16 @@ class Criteria:
     step check)."""
 
 
+def _batches(draws: int) -> tuple[int, int]:
+    """``(size, count)``: batches of ``⌊√T⌋`` draws, ``⌊T / ⌊√T⌋⌋`` of them per chain."""
+    size = max(1, math.isqrt(draws))
+    return size, draws // size
+
+
 def batch_means(series: torch.Tensor) -> torch.Tensor:
     """Means of contiguous batches of ``⌊√T⌋`` draws: ``(..., C, T) -> (..., C·B)`` with
     ``B = ⌊T / ⌊√T⌋⌋`` batches per chain (the last ``T mod ⌊√T⌋`` draws are left out)."""
-    T = series.shape[-1]
-    size = max(1, math.isqrt(T))
-    count = T // size
+    size, count = _batches(series.shape[-1])
     blocks = series[..., : count * size].reshape(*series.shape[:-1], count, size).mean(-1)
     return blocks.reshape(*series.shape[:-2], -1)
 
@@ -123,8 +127,7 @@ def bif_standard_error(draws: torch.Tensor, observable_draws: torch.Tensor | Non
     C, T = a.shape[:2]
     a = a - a.reshape(-1, a.shape[-1]).mean(0)
     b = b - b.reshape(-1, b.shape[-1]).mean(0)
-    size = max(1, math.isqrt(T))
-    count = T // size
+    size, count = _batches(T)   # the batches of batch_means
     a = a[:, : count * size].reshape(C * count, size, -1)
     b = b[:, : count * size].reshape(C * count, size, -1)
     total = torch.zeros(a.shape[-1], b.shape[-1], dtype=torch.float64)
