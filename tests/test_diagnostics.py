@@ -137,6 +137,7 @@ def test_healthy_and_step_size_sensitive_on_an_exact_gaussian():
     checked = bif_trajectory(model, squared_error, data, checkpoints, biased, progress=False, step_check=True)
     assert checked.verdicts == [STEP_SENSITIVE] and checked.step_change.bif[0] > 0.1
     assert checked.reference.draws.config.epsilon == 2e-2
+    assert checked.reference.draws.config.draws == 800    # half the step, twice the draws: as far travelled
     assert "step-size sensitive (at epsilon/2 = 0.02 the BIF moves" in checked.summary()
 
 
@@ -169,6 +170,9 @@ def test_calibrate_picks_a_step_whose_bif_is_the_exact_gaussian_one():
     row = next(r for r in calibration.table if r["epsilon"] == calibration.config.epsilon)
     assert row["passes"] and row["verdict"] == HEALTHY and row["bif_rel_se"] <= 0.2
     assert str(calibration).splitlines()[-1].startswith("chosen: epsilon=")
+    # each step was compared with the next-smaller one run twice as long (equal travel)
+    reference = calibration.references[(calibration.config.epsilon, NBETA, GAMMA)].draws.config
+    assert reference.epsilon == calibration.config.epsilon / 2 and reference.draws == 2000
     figure = calibration.plot()
     assert len(figure.axes) == 2
 

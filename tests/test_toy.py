@@ -184,3 +184,20 @@ def test_gaussian_check_finds_one_gaussian_under_strong_localization():
     assert np.all(check.between_chains < 0.2)     # two chains in one mode
     with pytest.raises(ValueError):
         gaussian_check(run, [strong], [7], progress=False)
+
+
+def test_a_sweep_keeps_the_draws_after_the_burn_in_and_names_each_cells_verdicts():
+    from stagewise.diagnostics import DIVERGED
+    from stagewise.sampling import SGLDConfig
+    from stagewise.toy.experiment import bif_sweep
+
+    run = toy.run_toy_experiment(toy.TrainingConfig(epochs=3000), checkpoints=4)
+    stable = SGLDConfig(epsilon=3e-6, nbeta=3000, gamma=5000, chains=2, draws=200)
+    exploding = SGLDConfig(epsilon=1e-2, nbeta=3000, gamma=5000, chains=2, draws=50)
+    result = bif_sweep(run, [stable, exploding], stride=2, progress=False)
+    assert result.burn_in.shape == (2, 2) and result.verdicts[1] == [DIVERGED, DIVERGED]
+    assert DIVERGED not in result.verdicts[0] and np.isnan(result.bif[1]).all()
+    # the same draws and the same burn-in as the trajectory at that setting
+    alone = run.bif_trajectory(stable, stride=2, progress=False)
+    assert np.array_equal(result.burn_in[0], alone.burn_in.numpy())
+    np.testing.assert_allclose(result.bif[0], alone.bif.numpy())

@@ -8,6 +8,7 @@ The *normalized* BIF is ``−Corr(ℓ_i, ℓ_j)``, minus the Pearson correlation
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -128,8 +129,15 @@ class BIFTrajectory:
         return "\n".join([head] + lines)
 
 
-def _estimate(draws: LossDraws, normalized: bool, dimension: int, criteria: Criteria) -> BIFTrajectory:
-    """BIF, errors, burn-in and verdicts from recorded draws (post-processing only)."""
+def trajectory_from_draws(draws: LossDraws, dimension: int, *, normalized: bool = False,
+                          criteria: Criteria | None = None) -> BIFTrajectory:
+    """The :class:`BIFTrajectory` of draws already recorded by
+    :func:`~stagewise.sampling.sample_losses` (with ``record_sampling=True``): burn-in (found
+    from the loss trace when ``draws.config.burn_in`` is ``None``), BIF and LLC with their
+    Monte-Carlo errors, and a verdict per checkpoint.  ``dimension``: the number of sampled
+    parameters ``d`` (the LLC is out of range outside ``[0, d/2]``).  Post-processing only:
+    what :func:`bif_trajectory` does after sampling."""
+    criteria = criteria or Criteria()
     if draws.sampling is None:
         raise ValueError("bif_trajectory needs the sampling-set losses (record_sampling=True)")
     trace = draws.loss_trace
@@ -204,9 +212,11 @@ def bif_trajectory(
     With ``config.burn_in=None`` (the default) the warm-up is found from the loss trace and
     its draws discarded; every estimate has a Monte-Carlo standard error, and every checkpoint
     a verdict (:mod:`stagewise.diagnostics`, thresholds in ``criteria``).  ``step_check``
-    reruns everything at ``ε/2`` (twice the cost) and marks "step-size sensitive" every
+    reruns everything at ``ε/2`` and marks "step-size sensitive" every
     checkpoint whose BIF or LLC moves by more than ``criteria.step_tolerance`` beyond its MC
-    error.  Choose ``ε`` with :func:`calibrate`.  Returns a :class:`BIFTrajectory` on the CPU;
+    error; the rerun has twice the draws (and burn-in), so that its chains travel as far and
+    mix as well, which makes a step check cost three times the run.  Choose ``ε`` with
+    :func:`calibrate`.  Returns a :class:`BIFTrajectory` on the CPU;
     ``bif`` is ``(K, n, n_obs)``.
 
     >>> import torch
@@ -225,10 +235,10 @@ def bif_trajectory(
     draws = sample_losses(model, loss_fn, data, config, observables, checkpoints=checkpoints,
                           checkpoint_indices=checkpoint_indices, progress=progress, vectorize=vectorize,
                           device=device, on_divergence="record")
-    result = _estimate(draws, normalized, _dimension(model), criteria)
+    result = trajectory_from_draws(draws, _dimension(model), normalized=normalized, criteria=criteria)
     if not step_check:
         return result
-    half = replace(config, epsilon=config.epsilon / 2)
+    half = _at_equal_travel(config, config.epsilon / 2)
     reference = bif_trajectory(model, loss_fn, data, checkpoints, half, observables, device,
                                normalized=normalized, checkpoint_indices=checkpoint_indices,
                                vectorize=vectorize, progress=progress, criteria=criteria)
@@ -290,6 +300,15 @@ def local_bif(
     return bif.to(torch.get_default_dtype())
 
 
+def _at_equal_travel(config: SGLDConfig, epsilon: float) -> SGLDConfig:
+    """``config`` at the smaller step ``epsilon``, with draws (and a fixed burn-in) scaled by
+    ``config.epsilon / epsilon`` so that a chain covers the same ``ε × steps``: compared at
+    equal draws, a smaller step mixes worse and its estimates differ by more than the bias."""
+    scale = config.epsilon / epsilon
+    burn_in = None if config.burn_in is None else int(round(config.burn_in * scale))
+    return replace(config, epsilon=epsilon, draws=int(round(config.draws * scale)), burn_in=burn_in)
+
+
 DEFAULT_EPSILONS = tuple(1e-3 * 0.5**k for k in range(14))
 """The step sizes :func:`calibrate` tries by default: 1e-3 halved 13 times, down to 1.2e-7."""
 
@@ -306,23 +325,36 @@ class Calibration:
     next-smaller step; NaN for the smallest tried), ``rhat``, ``split_rhat``, ``burn_in``,
     ``diverged``, ``verdict`` and ``passes`` (whether the setting as a whole passes the rule).
     ``runs``: the :class:`BIFTrajectory` of every setting tried, keyed by
-    ``(epsilon, nbeta, gamma)``.  ``criteria``: the thresholds used.
+    ``(epsilon, nbeta, gamma)``; ``references``: under the same keys, the run at the
+    next-smaller step that it was compared with (more draws, see :func:`calibrate`).
+    ``criteria``: the thresholds used.
     """
 
     config: SGLDConfig
     table: list[dict[str, Any]]
     runs: dict[tuple[float, float, float], BIFTrajectory]
     criteria: Criteria
+    references: dict[tuple[float, float, float], BIFTrajectory]
 
     def __str__(self) -> str:
         columns = ["epsilon", "nbeta", "gamma", "checkpoint", "llc", "llc_se", "bif_rel_se", "bif_change",
                    "llc_change", "rhat", "burn_in", "verdict", "passes"]
         def cell(value: Any) -> str:
-            return f"{value:.3g}" if isinstance(value, float) else str(value)
-        rows = [[cell(row[c]) for c in columns] for row in self.table]
-        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+            if isinstance(value, float):
+                return "–" if math.isnan(value) else f"{value:.3g}"
+            return str(value)
+        settings = {(r["epsilon"], r["nbeta"], r["gamma"]) for r in self.table}
+        stopped = sorted((s for s in settings if all(r["diverged"] for r in self.table
+                                                      if (r["epsilon"], r["nbeta"], r["gamma"]) == s)),
+                         reverse=True)
+        rows = [[cell(row[c]) for c in columns] for row in self.table
+                if (row["epsilon"], row["nbeta"], row["gamma"]) not in stopped]
+        widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
         lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
         lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows]
+        if stopped:
+            lines.append("diverged at every checkpoint: " + ", ".join(
+                f"epsilon={e:.3g} (nbeta={b:g}, gamma={g:g})" for e, b, g in stopped))
         return "\n".join(lines + [f"chosen: {self.config.describe()}"])
 
     def plot(self):
@@ -385,8 +417,9 @@ def calibrate(
     step whose estimates do not depend on it.
 
     **Rule.**  Steps are tried from the largest down (default :data:`DEFAULT_EPSILONS`, halvings
-    of 1e-3), each with one :func:`bif_trajectory` at all ``checkpoints``.  A step ``ε`` passes
-    when, at every checkpoint, (1) neither ``ε`` nor the next-smaller step ``ε'`` has a chain
+    of 1e-3), each with one :func:`bif_trajectory` at all ``checkpoints`` and one at the
+    next-smaller step ``ε'`` with ``ε/ε'`` times the draws, so that both sets of chains travel
+    as far.  A step ``ε`` passes when, at every checkpoint, (1) neither ``ε`` nor ``ε'`` has a chain
     that diverged, failed to mix, drifted or showed too little signal (the verdicts of
     :mod:`stagewise.diagnostics`; an LLC out of range is reported but does not fail it),
     (2) the BIF and the LLC at ``ε`` agree with those at ``ε'``: neither relative change
@@ -406,8 +439,9 @@ def calibrate(
     largest passing step, the first given on a tie.  ``settings``: the other fields of
     :class:`~stagewise.sampling.SGLDConfig` (``chains``, ``draws``, ``burn_in``,
     ``preconditioner``, ``batch_size``, ``seed``, …), used for every run and in the chosen
-    config.  Costs one :func:`bif_trajectory` on ``checkpoints`` per step tried (a diverging
-    step stops early); measured in ``bench/calibration_cost.py``.
+    config.  Costs, per step tried, one :func:`bif_trajectory` on ``checkpoints`` and one with
+    ``ε/ε'`` (2 on halvings) times its draws: three runs (a diverging step stops early);
+    measured in ``bench/calibration_cost.py``.
 
     Linear regression at its least-squares fit (an exactly Gaussian posterior):
 
@@ -433,17 +467,14 @@ def calibrate(
     nbetas = [float(nbeta)] if isinstance(nbeta, (int, float)) else [float(v) for v in nbeta]
     gammas = [float(gamma)] if isinstance(gamma, (int, float)) else [float(v) for v in gamma]
     runs: dict[tuple[float, float, float], BIFTrajectory] = {}
+    references: dict[tuple[float, float, float], BIFTrajectory] = {}
     table: list[dict[str, Any]] = []
     chosen: list[tuple[float, float, float]] = []
     failing = (DIVERGED, TOO_LITTLE_SIGNAL, UNMIXED, DRIFTING)
 
-    def run(epsilon: float, nb: float, g: float) -> BIFTrajectory:
-        if (epsilon, nb, g) not in runs:
-            config = SGLDConfig(epsilon=epsilon, nbeta=nb, gamma=g, **settings)
-            runs[(epsilon, nb, g)] = bif_trajectory(
-                model, loss_fn, data, checkpoints, config, observables, device,
-                checkpoint_indices=checkpoint_indices, progress=progress, criteria=criteria)
-        return runs[(epsilon, nb, g)]
+    def run(config: SGLDConfig) -> BIFTrajectory:
+        return bif_trajectory(model, loss_fn, data, checkpoints, config, observables, device,
+                              checkpoint_indices=checkpoint_indices, progress=progress, criteria=criteria)
 
     for nb in nbetas:
         for g in gammas:
@@ -451,8 +482,11 @@ def calibrate(
             for i, epsilon in enumerate(grid):
                 if found and not exhaustive:
                     break
-                current = run(epsilon, nb, g)
-                smaller = run(grid[i + 1], nb, g) if i + 1 < len(grid) else None
+                config = SGLDConfig(epsilon=epsilon, nbeta=nb, gamma=g, **settings)
+                current = runs[(epsilon, nb, g)] = run(config)
+                smaller = None
+                if i + 1 < len(grid) and current.verdicts.count(DIVERGED) < len(current.verdicts):
+                    smaller = references[(epsilon, nb, g)] = run(_at_equal_travel(config, grid[i + 1]))
                 if smaller is not None:
                     change = step_change(current.bif, current.bif_se, current.llc, current.llc_se,
                                          smaller.bif, smaller.bif_se, smaller.llc, smaller.llc_se,
@@ -481,14 +515,15 @@ def calibrate(
                     found = True
     if not chosen:
         tried = Calibration(SGLDConfig(epsilon=grid[-1], nbeta=nbetas[0], gamma=gammas[0], **settings), table,
-                            runs, criteria)
+                            runs, criteria, references)
         raise ValueError("no step size passes the calibration rule (healthy at it and the next-smaller step, "
                          f"BIF and LLC within {criteria.step_tolerance:.0%} of those there or within their MC "
                          "error, BIF error resolved); more draws or chains, smaller steps, or another "
                          "nbeta/gamma may help:\n"
                          + "\n".join(str(tried).splitlines()[:-1]))
     epsilon, nb, g = max(chosen, key=lambda setting: setting[0])
-    return Calibration(SGLDConfig(epsilon=epsilon, nbeta=nb, gamma=g, **settings), table, runs, criteria)
+    return Calibration(SGLDConfig(epsilon=epsilon, nbeta=nb, gamma=g, **settings), table, runs, criteria,
+                       references)
 
 
 def trace_correlation(traces: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -72,6 +72,9 @@ class ToySizes:
     bias_epsilons: tuple[float, ...]
     """Step sizes for the step-size bias, largest first; draws grow as ε shrinks."""
     bias_stride: int
+    """The step-size bias uses every ``bias_stride``-th checkpoint."""
+    calibration_stride: int
+    """:func:`stagewise.calibrate` chooses the step size at every ``calibration_stride``-th checkpoint."""
     bif_seeds: int
     """Independent seeds of the BIF trajectory, to tell Monte Carlo noise from bias."""
     lds_subsets: int
@@ -200,11 +203,12 @@ PROFILES: dict[str, Profile] = {
         seed=1,
         theory=TheorySizes(n_grid=60, mc_sizes=5, mc_draws=40_000),
         toy=ToySizes(
-            checkpoints=101, bif_chains=4, bif_draws=400,
+            checkpoints=101, bif_chains=4, bif_draws=800,
             sweep_stride=10, sweep_chains=2, sweep_draws=200,
             sweep_epsilons=(1e-5, 1e-3), sweep_nbetas=(1000, 5000), sweep_gammas=(1000, 5000),
             sweep_plain_epsilons=(1e-4, 1e-3), sweep_stabilities=(0.1, 1.0), sweep_decays=(0.99,),
-            classical_stride=4, gaussian_stride=4, bias_epsilons=(3e-5, 3e-6), bias_stride=20, bif_seeds=2,
+            classical_stride=4, gaussian_stride=4, bias_epsilons=(3e-5, 3e-6), bias_stride=20,
+            calibration_stride=20, bif_seeds=2,
             lds_subsets=70, lds_null_samples=50,
         ),
         lm=LanguageModelSizes(
@@ -232,14 +236,14 @@ PROFILES: dict[str, Profile] = {
         name="default",
         theory=TheorySizes(n_grid=200, mc_sizes=9, mc_draws=200_000),
         toy=ToySizes(
-            checkpoints=201, bif_chains=4, bif_draws=1000,
+            checkpoints=201, bif_chains=4, bif_draws=2000,
             sweep_stride=8, sweep_chains=4, sweep_draws=500,
             # the paper's Table 1 ranges, coarsely: eps in [1e-7, 1e-2], nbeta in [10, 1e4], gamma in [1e-2, 1e6]
             sweep_epsilons=(1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2), sweep_nbetas=(10, 1000, 3000, 5000, 10_000),
             sweep_gammas=(1, 100, 1000, 5000, 20_000, 1e6), sweep_plain_epsilons=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
             sweep_stabilities=(1e-4, 1e-3, 1e-2, 0.1, 1.0), sweep_decays=(0.8, 0.9, 0.95, 0.99),
             classical_stride=4, gaussian_stride=2, bias_epsilons=(3e-5, 1e-5, 3e-6, 1e-6), bias_stride=16,
-            bif_seeds=3, lds_subsets=70,
+            calibration_stride=40, bif_seeds=3, lds_subsets=70,
         ),
         lm=LanguageModelSizes(
             vocab_size=2048, hidden=128, layers=6, intermediate=512, context=64, steps=3000, batch_size=16,
@@ -265,7 +269,7 @@ PROFILES: dict[str, Profile] = {
         name="paper",
         theory=TheorySizes(n_grid=400, mc_sizes=17, mc_draws=1_000_000),
         toy=ToySizes(
-            checkpoints=401, bif_chains=8, bif_draws=1000,
+            checkpoints=401, bif_chains=8, bif_draws=2000,
             sweep_stride=4, sweep_chains=4, sweep_draws=1000,
             sweep_epsilons=(1e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 1e-3, 1e-2),
             sweep_nbetas=(10, 100, 300, 1000, 3000, 5000, 10_000),
@@ -273,7 +277,7 @@ PROFILES: dict[str, Profile] = {
             sweep_plain_epsilons=(1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
             sweep_stabilities=(1e-4, 1e-3, 1e-2, 0.1, 0.3, 1.0), sweep_decays=(0.8, 0.9, 0.95, 0.99),
             classical_stride=2, gaussian_stride=1, bias_epsilons=(3e-5, 1e-5, 3e-6, 1e-6, 3e-7), bias_stride=8,
-            bif_seeds=5, lds_subsets=70,
+            calibration_stride=80, bif_seeds=5, lds_subsets=70,
         ),
         lm=LanguageModelSizes(
             vocab_size=4096, hidden=128, layers=6, intermediate=512, context=256, steps=20_000, batch_size=32,

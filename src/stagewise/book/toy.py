@@ -10,8 +10,6 @@ then reads::
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import torch
 
@@ -20,7 +18,7 @@ from stagewise.book import book_device
 from stagewise.cache import cached
 from stagewise.classical import LocalCurvature, gaussian_bif, local_curvature
 from stagewise.distributed import init_from_environment, rank_and_size
-from stagewise.influence import BIFTrajectory
+from stagewise.influence import BIFTrajectory, Calibration, calibrate
 from stagewise.profiles import ToySizes, get_profile
 from stagewise.sampling import SGLDConfig
 from stagewise.toy import experiment as toy_experiment
@@ -50,19 +48,32 @@ def device() -> torch.device:
     return chosen
 
 
-def bif_setting() -> SGLDConfig:
-    """Chapter 3's SGLD setting for the BIF trajectory (stable at every checkpoint, from the
-    sweep), with the profile's chains and draws, every draw kept (``burn_in=0``, the chapters'
-    setting before the library found the warm-up itself)."""
+POSTERIOR = {"nbeta": 3000.0, "gamma": 5000.0}
+"""The chapters' local posterior: nβ (under the ½Σ reading of the loss) and γ.  They choose
+what is sampled; :func:`calibration` chooses how finely (the step size)."""
+
+
+def calibration(run: ToyExperiment | None = None) -> Calibration:
+    """:func:`stagewise.calibrate` on the toy network (cached): the library's default grid of
+    step sizes at :data:`POSTERIOR`, at every ``calibration_stride``-th checkpoint, with the
+    profile's chains and draws for the BIF trajectory and the warm-up found from the trace."""
+    run = run or experiment()
     toy = sizes()
-    return SGLDConfig(epsilon=3e-5, nbeta=3000, gamma=5000, chains=toy.bif_chains, draws=toy.bif_draws,
-                      burn_in=0)
+    where = device()
+    settings = {"chains": toy.bif_chains, "draws": toy.bif_draws}
+    key = {"training": run.config, "checkpoints": len(run.epochs), "stride": toy.calibration_stride,
+           "posterior": POSTERIOR, "settings": settings, "device": where.type}
+    rank, _ = rank_and_size()
+    return cached("toy-calibration", key, lambda: run.calibrate(
+        toy.calibration_stride, device=where, progress=rank == 0, **POSTERIOR, **settings),
+        depends_on=(toy_experiment, calibrate))
 
 
-def _chapters_burn_in(config: SGLDConfig) -> SGLDConfig:
-    """``config`` with an unset ``burn_in`` as 0: the chapters keep every draw, as they did when
-    0 was the library's default, so that their numbers do not move until they are rewritten."""
-    return replace(config, burn_in=0) if config.burn_in is None else config
+def bif_setting(run: ToyExperiment | None = None) -> SGLDConfig:
+    """Chapter 3's SGLD setting for the BIF trajectory: :data:`POSTERIOR` at the step chosen by
+    :func:`calibration`, with the profile's chains and draws and the warm-up found from the
+    trace (``burn_in=None``)."""
+    return calibration(run).config
 
 
 def training_config() -> TrainingConfig:
@@ -84,7 +95,6 @@ def bif_trajectory(run: ToyExperiment, config: SGLDConfig, stride: int = 1, prog
     """:meth:`ToyExperiment.bif_trajectory` on the chapters' device, cached by configuration
     (and device type: CPU and GPU random streams differ)."""
     where = device()
-    config = _chapters_burn_in(config)
     key = {"training": run.config, "checkpoints": len(run.epochs), "stride": stride, "sgld": config, "device": where.type}
     rank, _ = rank_and_size()
     return cached("toy-bif", key, lambda: run.bif_trajectory(config, stride, progress=progress and rank == 0, device=where),
@@ -94,7 +104,6 @@ def bif_trajectory(run: ToyExperiment, config: SGLDConfig, stride: int = 1, prog
 def sweep(run: ToyExperiment, configs: list[SGLDConfig], stride: int, on_divergence: str = "raise") -> SweepResult:
     """:func:`stagewise.toy.bif_sweep` over ``configs`` at every ``stride``-th checkpoint (cached)."""
     where = device()
-    configs = [_chapters_burn_in(config) for config in configs]
     key = {"training": run.config, "checkpoints": len(run.epochs), "configs": configs, "stride": stride,
            "on_divergence": on_divergence, "device": where.type}
     return cached("toy-sweep", key, lambda: bif_sweep(run, configs, stride, on_divergence, progress=rank_and_size()[0] == 0, device=where),

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from stagewise.progress import progress as progress_bar
 
-from stagewise.influence import BIFTrajectory, bif_matrix, bif_trajectory
+from stagewise.diagnostics import DIVERGED
+from stagewise.influence import BIFTrajectory, Calibration, bif_trajectory, calibrate, trajectory_from_draws
 from stagewise.sampling import LossDraws, SamplerDivergence, SGLDConfig, sample_losses
 
 from stagewise.toy.data import Hierarchy, hierarchy
@@ -48,6 +49,11 @@ class ToyExperiment:
     def tau(self) -> float:
         """Time constant of the closed form, in epochs."""
         return time_constant(self.config, self.data)
+
+    @property
+    def dimension(self) -> int:
+        """The number of the network's parameters ``d`` (the LLC's range is ``[0, d/2]``)."""
+        return sum(p.numel() for p in self.trajectory.module().parameters())
 
     @property
     def modes(self) -> ModeBasis:
@@ -98,6 +104,16 @@ class ToyExperiment:
         return bif_trajectory(model, item_loss, data, checkpoints, config, device=device,
                               checkpoint_indices=indices, progress=progress)
 
+    def calibrate(self, stride: int, *, nbeta: float, gamma: float, progress: bool = True,
+                  device: torch.device | str | None = None, **settings) -> Calibration:
+        """:func:`stagewise.calibrate` at every ``stride``-th checkpoint: the largest step size
+        at which the BIF and the LLC of the posterior (``nbeta``, ``gamma``) do not depend on it.
+        ``settings``: the other :class:`~stagewise.sampling.SGLDConfig` fields (chains,
+        draws, …), also those of the chosen config."""
+        model, data, checkpoints, indices = self._sampling_inputs(stride)
+        return calibrate(model, item_loss, data, checkpoints, nbeta=nbeta, gamma=gamma,
+                         checkpoint_indices=list(indices), device=device, progress=progress, **settings)
+
 
 @dataclass
 class SweepResult:
@@ -105,14 +121,19 @@ class SweepResult:
 
     ``configs``: the ``S`` settings; ``bif``: ``(S, K, 8, 8)`` at the ``K`` checkpoints
     ``checkpoint_indices`` (indices into the experiment's epochs), in the order ``(setting,
-    checkpoint, source, query)``.  It is NaN where the sampler diverged: at every checkpoint of
-    a setting swept with ``on_divergence="raise"`` (it stopped there), at the checkpoints with
-    a diverged chain with ``"record"``.
+    checkpoint, source, query)``, over the draws kept after the burn-in.  It is NaN where the
+    sampler diverged: at every checkpoint of a setting swept with ``on_divergence="raise"`` (it
+    stopped there), at the checkpoints with a diverged chain with ``"record"``.
+    ``burn_in``: ``(S, K)`` draws discarded as warm-up (found from the trace when the setting's
+    ``burn_in`` is ``None``; 0 where it stopped); ``verdicts``: ``S`` lists of ``K`` verdicts
+    (:mod:`stagewise.diagnostics`).
     """
 
     configs: list[SGLDConfig]
     bif: np.ndarray
     checkpoint_indices: np.ndarray
+    burn_in: np.ndarray
+    verdicts: list[list[str]]
 
     @property
     def diverged(self) -> np.ndarray:
@@ -138,13 +159,17 @@ def bif_sweep(
     indices = np.arange(0, len(experiment.epochs), stride)
     n_items = len(experiment.data.items)
     bif = np.full((len(configs), len(indices), n_items, n_items), np.nan)
+    burn_in = np.zeros((len(configs), len(indices)), dtype=int)
+    verdicts = [[DIVERGED] * len(indices) for _ in configs]
+    dimension = experiment.dimension
     for s, config in enumerate(progress_bar(configs, desc="sweep", leave=False, disable=not progress)):
         try:
             draws = experiment.sample_posterior(config, stride, progress=False, device=device, on_divergence=on_divergence)
         except SamplerDivergence:
             continue
-        bif[s] = bif_matrix(draws.sampling).numpy()
-    return SweepResult(list(configs), bif, indices)
+        result = trajectory_from_draws(draws, dimension)
+        bif[s], burn_in[s], verdicts[s] = result.bif.numpy(), result.burn_in.numpy(), result.verdicts
+    return SweepResult(list(configs), bif, indices, burn_in, verdicts)
 
 
 @dataclass
@@ -158,7 +183,9 @@ class GaussianCheck:
     share of the total loss's variance over all draws that lies between the chains' means (the
     between term of the law of total variance: near ``τ/T`` for chains mixing in one mode, with
     ``τ`` the autocorrelation time and ``T`` the draws, and large when chains settle in different
-    modes); ``diverged``: whether a chain diverged (then the other entries are NaN).
+    modes); ``diverged``: whether a chain diverged (then the other entries are NaN);
+    ``burn_in``: draws discarded as warm-up before any of these (found from the loss trace
+    when the setting's ``burn_in`` is ``None``).
 
     The loss draws' shape is no test of one Gaussian here: under a Gaussian posterior the loss
     is a generalised chi-square, skewed when few directions dominate.
@@ -170,6 +197,7 @@ class GaussianCheck:
     correlation: np.ndarray
     between_chains: np.ndarray
     diverged: np.ndarray
+    burn_in: np.ndarray
 
 
 def gaussian_check(experiment: ToyExperiment, configs: list[SGLDConfig], checkpoint_indices: list[int],
@@ -188,14 +216,17 @@ def gaussian_check(experiment: ToyExperiment, configs: list[SGLDConfig], checkpo
     shape = (len(configs), len(indices))
     slope, correlation, between = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
     diverged = np.zeros(shape, dtype=bool)
+    burn_in = np.zeros(shape, dtype=int)
     for s, config in enumerate(progress_bar(configs, desc="Gaussian check", leave=False, disable=not progress)):
         draws = sample_losses(model, item_loss, data, config, checkpoints=chosen, checkpoint_indices=indices.tolist(),
                               progress=False, device=device, on_divergence="record")
-        sampled = bif_matrix(draws.sampling).numpy()                        # (K, 8, 8)
+        estimate = trajectory_from_draws(draws, experiment.dimension)
+        sampled = estimate.bif.numpy()                                      # (K, 8, 8), kept draws
+        burn_in[s] = estimate.burn_in.numpy()
         limit = gaussian_bif(experiment.trajectory.module(), item_loss, items64, [exact[k] for k in indices],
                              config.nbeta, config.gamma, progress=False)    # (K, 8, 8)
         for k in range(len(indices)):
-            total = draws.sampling[k].sum(-1).numpy()                       # (C, T)
+            total = draws.sampling[k, :, int(estimate.burn_in[k]):].sum(-1).numpy()   # (C, T kept)
             if not np.all(np.isfinite(total)):
                 diverged[s, k] = True
                 continue
@@ -203,7 +234,7 @@ def gaussian_check(experiment: ToyExperiment, configs: list[SGLDConfig], checkpo
             slope[s, k] = a @ b / (b @ b)
             correlation[s, k] = np.corrcoef(a, b)[0, 1]
             between[s, k] = total.mean(axis=1).var() / total.var()
-    return GaussianCheck(list(configs), indices, slope, correlation, between, diverged)
+    return GaussianCheck(list(configs), indices, slope, correlation, between, diverged, burn_in)
 
 
 def run_toy_experiment(config: TrainingConfig | None = None, checkpoints: int = 201,
