@@ -27,6 +27,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+import machine
 from stagewise import toy
 from stagewise.influence import bif_matrix
 from stagewise.sampling import SGLDConfig
@@ -112,6 +113,7 @@ def main() -> None:
 
     experiment = toy.run_toy_experiment(checkpoints=args.checkpoints)
     config = SGLDConfig(epsilon=3e-5, nbeta=3000, gamma=5000, chains=args.chains, draws=args.draws)
+    print(f"machine: {machine.line()}")
     print(f"toy model, {args.checkpoints} checkpoints × {config.chains} chains × {config.draws} draws, full batch")
     print(f"hyperparameters: {config.describe()}\n")
 
@@ -143,6 +145,7 @@ def main() -> None:
           f"verdicts: {result.verdicts.count('healthy')} of {len(result.verdicts)} healthy)")
     print(f"raw work: {raw * 1e3:.1f} ms per draw; stagewise / raw = {ours_seconds / config.draws / raw:.2f}")
     if skip_devinterp:
+        print(f"machine at the end: {machine.line()}")
         return
     subset = args.devinterp_checkpoints
     start = time.perf_counter()
@@ -154,6 +157,7 @@ def main() -> None:
     print(f"devinterp: {devinterp_seconds:.0f} s for the whole trajectory "
           f"(measured on {subset} checkpoints, {devinterp_seconds / args.checkpoints:.2f} s each)")
     print(f"ratio: stagewise is {devinterp_seconds / ours_seconds:.0f}x faster")
+    print(f"machine at the end: {machine.line()}")
 
 
 if __name__ == "__main__":

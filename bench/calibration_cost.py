@@ -13,24 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import numpy as np
 import torch
 
+import machine
 from stagewise import bif_trajectory, calibrate, toy
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{model}, {os.cpu_count()} cores, load average {load}, torch threads {torch.get_num_threads()}"
 
 
 def main() -> None:
@@ -43,7 +32,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    print(machine())
+    print(machine.line())
 
     experiment = toy.run_toy_experiment(checkpoints=101)
     chosen = np.linspace(10, 100, args.checkpoints).round().astype(int)  # past the first, flat epochs
@@ -69,7 +58,7 @@ def main() -> None:
     print(f"calibrate: {calibrating:.1f} s for {tried} steps tried; "
           f"one bif_trajectory at the chosen step: {one:.2f} s; "
           f"calibration costs {calibrating / one:.1f} trajectories")
-    print(f"after: {machine()}")
+    print(f"after: {machine.line()}")
 
 
 if __name__ == "__main__":

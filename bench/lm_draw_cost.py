@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from transformers import GPTNeoXForCausalLM
 
+import machine
 from stagewise import get_profile
 from stagewise.groups import group_correlation, knn_class_recall
 from stagewise.lm.training import LMConfig, pythia_architecture, token_losses
@@ -138,6 +139,7 @@ def main() -> None:
     data = torch.randint(vocab, (4096, SEQUENCE_LENGTH), generator=generator).to(device)
     observables = torch.randint(vocab, (args.observables, SEQUENCE_LENGTH), generator=generator).to(device)
     parameters = sum(p.numel() for p in model.parameters())
+    print(f"machine: {machine.line()}")
     print(f"GPT-NeoX with {parameters / 1e6:.2f}M parameters; {args.chains} chains; minibatch "
           f"{SAMPLING_BATCH}×{SEQUENCE_LENGTH}; observables {args.observables}×{SEQUENCE_LENGTH} tokens")
     raw = raw_seconds_per_draw(model, data, observables, args.chains, args.draws)
@@ -145,6 +147,7 @@ def main() -> None:
     print(f"raw work (gradient step + observable forward, per chain): {raw:.3f} s per draw")
     print(f"stagewise sample_losses:                                 {sampler:.3f} s per draw")
     print(f"ratio sampler / raw: {sampler / raw:.2f} (on {device})")
+    print(f"machine at the end: {machine.line()}")
     if args.skip_memory:
         return
 

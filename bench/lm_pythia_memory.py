@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
+
+import machine
 
 
 def _status(field: str) -> int:
@@ -34,14 +34,6 @@ def _status(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     raise KeyError(field)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def measure(draws: int, chains: int, observables: int, sampling: int, logits_per_chunk: int) -> dict:
@@ -82,8 +74,7 @@ def measure(draws: int, chains: int, observables: int, sampling: int, logits_per
         "beyond_model_gb": (_status("VmHWM") - before) / 1e9,
         "seconds": seconds, "initial_evaluation_seconds": set_up,
         "seconds_per_draw_per_chain": (seconds - set_up) / (draws * chains),
-        "cpu": _cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "load_average": os.getloadavg(),
+        **machine.describe(),
     }
 
 
