@@ -82,6 +82,9 @@ class Criteria:
     z: float = 3.0
     """Standard errors a difference must exceed to count as real (burn-in windows, LLC range,
     step check)."""
+    agreement_z: float = 1.645
+    """Standard errors above the change that bound it when agreement is to be shown (the
+    calibration's upper bounds): one-sided 95 %, the level of an equivalence test (TOST)."""
 
 
 def _batches(draws: int) -> tuple[int, int]:
@@ -217,22 +220,39 @@ def little_signal(losses: torch.Tensor) -> bool:
 
 @dataclass
 class StepChange:
-    """How much the estimates move from a step ``ε`` to a smaller one, per checkpoint.
+    """How much the estimates move from a step ``ε`` to a smaller one, per checkpoint; every
+    field is ``(K,)``.
 
-    ``bif``: ``‖BIF_ε − BIF_ref‖_F / ‖BIF_ref‖_F``, ``(K,)``; ``llc``:
-    ``|λ_ε − λ_ref| / max(|λ_ref|, s_ref)``, ``(K,)``; ``bif_significant``,
-    ``llc_significant``: ``(K,)`` whether the difference exceeds its Monte-Carlo error
+    ``bif_scale``: the BIF's change of scale, ``s − 1`` with ``s = ⟨BIF_ε, BIF_ref⟩ /
+    ⟨BIF_ref, BIF_ref⟩`` the slope of all its entries regressed on the reference's (a finite
+    step inflates the posterior's spread, and with it the BIF); ``bif_scale_se`` its
+    Monte-Carlo error.  ``bif``: ``‖BIF_ε − BIF_ref‖_F / ‖BIF_ref‖_F``, scale and shape and
+    noise together (reported, not judged: with few draws it is mostly noise).  ``llc``:
+    ``|λ_ε − λ_ref| / max(|λ_ref|, s_ref)``; ``llc_se``: its Monte-Carlo error on that scale.
+    ``bif_upper``, ``llc_upper``: upper confidence bounds of ``|bif_scale|`` and ``llc``
+    (``criteria.agreement_z`` standard errors above), what the step's bias could be
     (:func:`step_change`)."""
 
+    bif_scale: torch.Tensor
+    bif_scale_se: torch.Tensor
     bif: torch.Tensor
     llc: torch.Tensor
-    bif_significant: torch.Tensor
-    llc_significant: torch.Tensor
+    llc_se: torch.Tensor
+    bif_upper: torch.Tensor
+    llc_upper: torch.Tensor
+    z: float = 3.0
 
     def sensitive(self, tolerance: float) -> torch.Tensor:
-        """``(K,)``: the BIF or the LLC moved beyond ``tolerance`` and beyond its MC error."""
-        moved_bif = (self.bif > tolerance) & self.bif_significant
-        return moved_bif | ((self.llc > tolerance) & self.llc_significant)
+        """Evidence that the estimates depend on the step (the verdict "step-size sensitive"):
+        the BIF's scale or the LLC moved by more than ``tolerance`` and by more than ``z``
+        standard errors."""
+        moved_bif = (self.bif_scale.abs() > tolerance) & (self.bif_scale.abs() > self.z * self.bif_scale_se)
+        return moved_bif | ((self.llc > tolerance) & (self.llc > self.z * self.llc_se))
+
+    def agrees(self, tolerance: float) -> torch.Tensor:
+        """Evidence that they do not (what :func:`stagewise.calibrate` asks of a step): both
+        upper bounds within ``tolerance``; a comparison too noisy to show it fails."""
+        return (self.bif_upper <= tolerance) & (self.llc_upper <= tolerance)
 
 
 def step_change(bif: torch.Tensor, bif_se: torch.Tensor, llc: torch.Tensor, llc_se: torch.Tensor,
@@ -242,29 +262,36 @@ def step_change(bif: torch.Tensor, bif_se: torch.Tensor, llc: torch.Tensor, llc_
     """Compare estimates at one step (``bif`` ``(K, n, n_obs)``, ``llc`` ``(K,)``, with their
     standard errors) with those at a smaller reference step.
 
-    The LLC's relative change is ``|Δλ| / max(|λ_ref|, s_ref)`` with ``s_ref`` the reference's
-    ``llc_scale`` (``nβ`` times the posterior spread of the mean loss), so that an LLC near 0
-    (a checkpoint away from a minimum) is judged on the scale of its fluctuations.
-
-    A BIF difference is significant when ``Q = Σ Δ²/(se² + se_ref²)`` over the ``N`` entries
-    exceeds ``N + z·√(2N)`` (the chi-square's upper tail); an LLC difference when
-    ``|Δλ| > z·√(se² + se_ref²)``.  Independent draws are assumed; draws from one seed at both
-    steps are positively correlated, which makes the test conservative.
+    The BIF's scale ``s`` is the no-intercept slope of its entries on the reference's; its
+    error, by the delta method, is ``√Σ(b² se² + (a − 2sb)² se_ref²) / Σb²`` (``a``, ``b`` the
+    entries at the step and the reference), doubled in variance because a symmetric BIF
+    repeats each entry.  Regressing on all entries averages their noise, so the scale is
+    resolved long before each entry is.  The LLC's relative change is ``|Δλ| / max(|λ_ref|,
+    s_ref)`` with ``s_ref`` the reference's ``llc_scale`` (``nβ`` times the posterior spread of
+    the mean loss), so that an LLC near 0 (a checkpoint away from a minimum) is judged on the
+    scale of its fluctuations; its error is ``√(se² + se_ref²)`` on the same scale.
+    Independent draws are assumed (draws from one seed at both steps are positively
+    correlated, which makes the errors conservative).
     """
-    delta = (bif - ref_bif).double().flatten(1)
-    variance = (bif_se.double().pow(2) + ref_bif_se.double().pow(2)).flatten(1)
-    entries = delta.shape[1]
-    q = (delta.pow(2) / variance.clamp_min(1e-300)).sum(1)
-    relative_bif = delta.norm(dim=1) / ref_bif.double().flatten(1).norm(dim=1).clamp_min(1e-300)
+    a, b = bif.double().flatten(1), ref_bif.double().flatten(1)
+    var_a, var_b = bif_se.double().pow(2).flatten(1), ref_bif_se.double().pow(2).flatten(1)
+    norm = b.pow(2).sum(1).clamp_min(1e-300)
+    slope = (a * b).sum(1) / norm
+    slope_var = 2 * (b.pow(2) * var_a + (a - 2 * slope[:, None] * b).pow(2) * var_b).sum(1) / norm.pow(2)
+    scale_se = slope_var.sqrt()
+    relative_bif = (a - b).norm(dim=1) / norm.sqrt()
     delta_llc = (llc - ref_llc).double()
     scale = ref_llc.double().abs()
     if ref_llc_scale is not None:
         scale = torch.maximum(scale, ref_llc_scale.double())
-    relative_llc = delta_llc.abs() / scale.clamp_min(1e-300)
+    scale = scale.clamp_min(1e-300)
+    relative_llc = delta_llc.abs() / scale
+    relative_llc_se = torch.hypot(llc_se.double(), ref_llc_se.double()) / scale
+    z_a = criteria.agreement_z
     return StepChange(
-        bif=relative_bif, llc=relative_llc,
-        bif_significant=q > entries + criteria.z * math.sqrt(2 * entries),
-        llc_significant=delta_llc.abs() > criteria.z * torch.hypot(llc_se.double(), ref_llc_se.double()),
+        bif_scale=slope - 1, bif_scale_se=scale_se, bif=relative_bif, llc=relative_llc, llc_se=relative_llc_se,
+        bif_upper=(slope - 1).abs() + z_a * scale_se, llc_upper=relative_llc + z_a * relative_llc_se,
+        z=criteria.z,
     )
 
 
