@@ -244,13 +244,13 @@ PROFILES: dict[str, Profile] = {
         lm=LanguageModelSizes(
             vocab_size=2048, hidden=128, layers=6, intermediate=512, context=64, steps=3000, batch_size=16,
             checkpoint_interval=500, observable_sequences=150, sequence_length=55, sampling_batch=16,
-            chains=2, draws=60, analysed_steps=(0, 16, 64, 256, 512, 1000, 3000), asserts_claims=True,
+            chains=4, draws=60, analysed_steps=(0, 16, 64, 256, 512, 1000, 3000), asserts_claims=True,
         ),
         induction=InductionSizes(
             model=LanguageModelSizes(
                 vocab_size=2048, hidden=128, layers=2, intermediate=512, context=64, steps=2800, batch_size=16,
                 checkpoint_interval=100, observable_sequences=64, sequence_length=55, sampling_batch=16,
-                chains=2, draws=40, analysed_steps=(0, 200, 400, 600, 800, 1200, 1600, 2000, 2100, 2200, 2300, 2400,
+                chains=4, draws=40, analysed_steps=(0, 200, 400, 600, 800, 1200, 1600, 2000, 2100, 2200, 2300, 2400,
                                                   2500, 2600, 2800),
                 asserts_claims=True, lr_schedule="constant",
                 repeated_fraction=0.75,
