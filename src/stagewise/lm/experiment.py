@@ -191,10 +191,12 @@ def stationary_draws(draws: LossDraws, dimension: int, criteria: Criteria = Crit
     """The stationary part of one checkpoint's recorded draws, judged.
 
     ``draws``: one checkpoint's :class:`~stagewise.sampling.LossDraws` (``K = 1``) with observables
-    and a loss trace (``config.burn_in`` ``None``: the warm-up is found here).  The burn-in is
+    and a loss trace.  The burn-in is
     the larger of the warm-ups :func:`~stagewise.diagnostics.find_burn_in` finds in the
     minibatch loss trace and in the observables' mean loss (the second is far less noisy, and it
-    is what the estimates read); with a fixed ``config.burn_in`` nothing more is cut.  The kept
+    is what the estimates read).  With a fixed ``config.burn_in`` those steps were taken before
+    the first recorded draw, and the recorded draws are still searched for what remains of the
+    warm-up (``burn_in`` counts recorded draws only).  The kept
     draws are judged by :func:`~stagewise.diagnostics.judge` with ``dimension`` parameters: R-hat
     across chains (``unmixed``) and split R-hat over the halves of the kept draws (``drifting``),
     each the larger over the two traces, the signal, and the LLC's range.
@@ -205,10 +207,7 @@ def stationary_draws(draws: LossDraws, dimension: int, criteria: Criteria = Crit
         raise ValueError(f"stationary_draws takes one checkpoint's draws, got {draws.observables.shape[0]}")
     observables = draws.observables[0]
     traces = {"minibatch loss": draws.loss_trace[0].double(), "observables' mean loss": observables.double().mean(-1)}
-    if draws.config.burn_in is None:
-        found = {name: int(find_burn_in(trace[None], criteria)[0]) for name, trace in traces.items()}
-    else:
-        found = {name: 0 for name in traces}
+    found = {name: int(find_burn_in(trace[None], criteria)[0]) for name, trace in traces.items()}
     burn_in = max(found.values())
     rhat = max(float(chain_rhat(trace[:, burn_in:])) for trace in traces.values())
     split = max(float(split_rhat(trace[:, burn_in:])) for trace in traces.values())
