@@ -109,7 +109,7 @@ def test_delimiter_direction_reading_confirms_contradicts_or_leaves_unresolved()
     # a pooled side that one chain contradicts is not resolved
     split = delimiter_direction_reading(steps, [inside, above, above, below],
                                         [[inside] * 2, [above] * 2, [above] * 2, [below, above]])
-    assert split.holds is None and split.detail.startswith("unresolved") and "step 3000: inside" in split.detail
+    assert split.holds is None and split.detail.startswith("unresolved") and "step 3000: pooled below the null, a chain above the null" in split.detail
     nothing = delimiter_direction_reading(steps, [inside] * 4, [[inside] * 2] * 4)
     assert nothing.holds is None
     short = delimiter_direction_reading([0, 64, 300], [inside, above, above], [[above] * 2] * 3)

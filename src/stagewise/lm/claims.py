@@ -115,7 +115,9 @@ def delimiter_direction_reading(steps: Sequence[int], verdicts: Sequence[str],
 
     def resolved(k: int) -> str:
         side = verdicts[k]
-        return side if side in opposite and opposite[side] not in chain_verdicts[k] else inside
+        if side in opposite and opposite[side] in chain_verdicts[k]:
+            return f"pooled {side}, a chain {opposite[side]}"
+        return side
 
     claim = "the left-right delimiter relation goes from positive (above its null) to negative (below it)"
     early_sides = [(s, resolved(k)) for k, s in enumerate(steps) if early[0] <= s <= early[1]]
