@@ -93,3 +93,26 @@ def test_knn_recall_claim_holds_for_planted_classes_and_fails_for_a_shared_facto
     assert verdict.holds is False and verdict.detail == "not recognised: a, b"
     with pytest.raises(ValueError, match="one boolean per class"):
         knn_recall_claim(names, np.ones(2, dtype=bool))
+
+
+def test_delimiter_direction_reading_confirms_contradicts_or_leaves_unresolved():
+    from stagewise.lm.claims import delimiter_direction_reading
+
+    above, inside, below = VERDICTS
+    steps = [0, 64, 512, 3000]
+    paper = delimiter_direction_reading(steps, [inside, above, above, below], [[inside] * 2, [above, inside],
+                                                                                [above] * 2, [below] * 2])
+    assert paper.holds is True and paper.detail.startswith("confirmed")
+    # a positive relation where the paper has a negative one contradicts it
+    positive = delimiter_direction_reading(steps, [inside, above, above, above], [[inside] * 2] * 4)
+    assert positive.holds is False and positive.detail.startswith("contradicted")
+    # a pooled side that one chain contradicts is not resolved
+    split = delimiter_direction_reading(steps, [inside, above, above, below],
+                                        [[inside] * 2, [above] * 2, [above] * 2, [below, above]])
+    assert split.holds is None and split.detail.startswith("unresolved") and "step 3000: pooled below the null, a chain above the null" in split.detail
+    nothing = delimiter_direction_reading(steps, [inside] * 4, [[inside] * 2] * 4)
+    assert nothing.holds is None
+    short = delimiter_direction_reading([0, 64, 300], [inside, above, above], [[above] * 2] * 3)
+    assert short.holds is None and "from 2000 on" in short.detail
+    with pytest.raises(ValueError):
+        delimiter_direction_reading(steps, [inside] * 3, [[inside] * 2] * 4)

@@ -167,6 +167,7 @@ def test_pythia_revisions_load_from_a_local_hub_cache(tmp_path):
 
 def test_token_influence_end_to_end_on_a_tiny_run(tmp_path, monkeypatch):
     from stagewise.book import lm as book_lm
+    from stagewise.diagnostics import VERDICTS
     from stagewise.groups import group_correlation, knn_class_recall
     from stagewise.lm.experiment import TokenInfluenceConfig, prepare_run, token_draws
     from stagewise.lm.sources import LocalSource
@@ -179,8 +180,11 @@ def test_token_influence_end_to_end_on_a_tiny_run(tmp_path, monkeypatch):
     run = prepare_run(config, tmp_path / "run", LocalSource(tokenizer_documents=30), progress=False)
     assert run.checkpoints.steps[-1] == TINY.steps
     assert len(run.tokenizer) <= TINY.vocab_size and int(run.train_tokens.max()) < TINY.vocab_size
-    draws = token_draws(run, run.checkpoints.steps[-1], progress=False)
-    assert draws.shape == (2, 6, 6 * 15) and draws.dtype == torch.float32
+    result = token_draws(run, run.checkpoints.steps[-1], progress=False)
+    draws = result.losses
+    assert draws.shape == (2, 6 - result.burn_in, 6 * 15) and draws.dtype == torch.float32
+    assert result.loss_trace.shape == result.observable_trace.shape == (2, 6) and result.recorded == 6
+    assert result.verdict in VERDICTS and 0 <= result.burn_in <= 3
     assert not (tmp_path / "cache").exists(), "a library call must not write to the book's cache"
     classes = run.observable_classes()
     assert classes.shape == (6 * 15, 6)
@@ -188,17 +192,17 @@ def test_token_influence_end_to_end_on_a_tiny_run(tmp_path, monkeypatch):
     assert knn_class_recall(draws, classes, k=5).shape == (6,)
     # the book's wrapper caches: a second call is served without sampling again
     cached = book_lm.token_draws(run, run.checkpoints.steps[-1], progress=False)
-    torch.testing.assert_close(cached, draws)  # the same seeded chains
+    torch.testing.assert_close(cached.losses, draws)  # the same seeded chains
     from stagewise.lm import experiment
 
     samplings = []
     original = experiment.sample_losses
     monkeypatch.setattr(experiment, "sample_losses", lambda *a, **k: samplings.append(1) or original(*a, **k))
-    assert torch.equal(book_lm.token_draws(run, run.checkpoints.steps[-1], progress=False), cached)
+    assert torch.equal(book_lm.token_draws(run, run.checkpoints.steps[-1], progress=False).losses, cached.losses)
     assert samplings == [], "the cached entry was sampled again"
     # another sampling set is another entry, sampled once and then served
     other = book_lm.token_draws(run, run.checkpoints.steps[-1], sampling=run.sampling_ids[:16], progress=False)
-    assert samplings == [1] and other.shape == cached.shape
+    assert samplings == [1] and other.recorded == cached.recorded
     book_lm.token_draws(run, run.checkpoints.steps[-1], sampling=run.sampling_ids[:16], progress=False)
     assert samplings == [1]
 

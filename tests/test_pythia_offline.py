@@ -100,7 +100,8 @@ def test_library_path_reads_the_hub_revisions_tokenizer_and_pile(stand_in, tmp_p
         assert {{p.dtype for p in model.parameters()}} == {{torch.float32}}
 
         draws = token_draws(run, 1000, progress=False)
-        assert draws.shape == (2, 3, 6 * 16) and torch.isfinite(draws).all()
+        assert draws.recorded == 3 and draws.losses.shape == (2, 3 - draws.burn_in, 6 * 16)
+        assert torch.isfinite(draws.losses).all()
         assert not Path({str(tmp_path / "cache")!r}).exists(), "the library wrote to a cache"
 
         # App. D.2's path: a model trained here on the Pile with Pythia's tokenizer and vocabulary
@@ -154,7 +155,7 @@ def test_chapter_5s_boundary_runs_on_the_hub_stand_in(stand_in, tmp_path):
         sizes = study_sizes(profile)
         run = prepare_run(sizes, source, **PAPER_SAMPLER)
         draws = token_draws(run, sizes.analysed_steps[-1], progress=False)
-        print(source.name, sizes.vocab_size, tuple(draws.shape))
+        print(source.name, sizes.vocab_size, (draws.losses.shape[0], draws.recorded, draws.losses.shape[2]))
     """
     env = offline(hub, tmp_path, STAGEWISE_LM="pythia-14m", STAGEWISE_PILE=str(pile), STAGEWISE_PROFILE="fast")
     result = run_script(script, env)

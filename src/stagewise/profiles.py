@@ -112,6 +112,10 @@ class LanguageModelSizes:
     """Share of each training batch that is repeated random tokens (0: natural text only)."""
     null_samples: int = 200
     """Draws of every null of Chapter 5's token study (KNN label permutations, random groups)."""
+    burn_in: int | None = None
+    """SGLD steps taken from the checkpoint before the first recorded draw (cheap: no observable is
+    evaluated), after which the recorded traces are still searched for what remains of the
+    warm-up (:func:`stagewise.lm.stationary_draws`); ``None``: every step is recorded."""
 
 
 @dataclass(frozen=True)
@@ -247,14 +251,16 @@ PROFILES: dict[str, Profile] = {
         ),
         lm=LanguageModelSizes(
             vocab_size=2048, hidden=128, layers=6, intermediate=512, context=64, steps=3000, batch_size=16,
-            checkpoint_interval=500, observable_sequences=150, sequence_length=55, sampling_batch=16,
-            chains=2, draws=60, analysed_steps=(0, 16, 64, 256, 512, 1000, 3000), asserts_claims=True,
+            checkpoint_interval=500, observable_sequences=100, sequence_length=55, sampling_batch=16,
+            # 4 chains: 40 unrecorded steps from the checkpoint, then 40 recorded draws, at 5 checkpoints
+            # (the chains' warm-up lasts longer than 60 recorded draws at step 1000; see Chapter 5)
+            chains=4, draws=40, burn_in=40, analysed_steps=(0, 64, 256, 1000, 3000), asserts_claims=True,
         ),
         induction=InductionSizes(
             model=LanguageModelSizes(
                 vocab_size=2048, hidden=128, layers=2, intermediate=512, context=64, steps=2800, batch_size=16,
                 checkpoint_interval=100, observable_sequences=64, sequence_length=55, sampling_batch=16,
-                chains=2, draws=40, analysed_steps=(0, 200, 400, 600, 800, 1200, 1600, 2000, 2100, 2200, 2300, 2400,
+                chains=4, draws=40, analysed_steps=(0, 200, 400, 600, 800, 1200, 1600, 2000, 2100, 2200, 2300, 2400,
                                                   2500, 2600, 2800),
                 asserts_claims=True, lr_schedule="constant",
                 repeated_fraction=0.75,

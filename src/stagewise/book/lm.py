@@ -16,12 +16,13 @@ import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from stagewise.book import book_device
 from stagewise.cache import artifact_key, cache_dir, cached
 from stagewise.lm import experiment, sources
-from stagewise.lm.experiment import LanguageModelRun, TokenInfluenceConfig, branch_run
+from stagewise.lm.experiment import LanguageModelRun, StepCheck, TokenDraws, TokenInfluenceConfig, branch_run
 from stagewise.lm.sources import LanguageModelSource, LocalSource, PythiaSource, SourceUnavailable
 from stagewise.lm.training import LMConfig
 from stagewise.profiles import LM_SOURCE_ENV, LanguageModelSizes, Profile, get_profile
@@ -29,7 +30,8 @@ from stagewise.sampling import SGLDConfig
 
 # The domain's LanguageModelRun, TokenInfluenceConfig and branch_run are importable from here too,
 # but documented once, in stagewise.lm.
-__all__ = ["PAPER_SAMPLER", "PILE_ENV", "lm_source", "prepare_run", "study_config", "study_sizes", "token_draws"]
+__all__ = ["PAPER_SAMPLER", "PILE_ENV", "lm_source", "prepare_run", "step_check", "study_config", "study_sizes",
+           "token_draws"]
 
 PILE_ENV = "STAGEWISE_PILE"
 PAPER_SAMPLER: dict[str, float] = {"epsilon": 1e-6, "nbeta": 256, "gamma": 1000}
@@ -89,7 +91,7 @@ def study_config(sizes: LanguageModelSizes, epsilon: float, nbeta: float, gamma:
                      learning_rate=sizes.learning_rate, lr_schedule=sizes.lr_schedule,
                      repeated_fraction=sizes.repeated_fraction)
     sgld = SGLDConfig(epsilon=epsilon, nbeta=nbeta, gamma=gamma, chains=sizes.chains, draws=sizes.draws,
-                      batch_size=sizes.sampling_batch)
+                      batch_size=sizes.sampling_batch, burn_in=sizes.burn_in)
     config = TokenInfluenceConfig(model=model, sgld=sgld, observable_sequences=sizes.observable_sequences,
                                   sequence_length=sizes.sequence_length)
     return config if sampling_sequences is None else replace(config, sampling_sequences=sampling_sequences)
@@ -130,8 +132,9 @@ def _digest(ids: torch.Tensor) -> str:
 
 
 def token_draws(run: LanguageModelRun, step: int, observables: torch.Tensor | None = None,
-                sampling: torch.Tensor | None = None, progress: bool = True) -> torch.Tensor:
-    """:func:`stagewise.lm.experiment.token_draws`, cached: ``(chains, draws, M·(L−1))``."""
+                sampling: torch.Tensor | None = None, progress: bool = True) -> TokenDraws:
+    """:func:`stagewise.lm.experiment.token_draws`, cached: the kept draws ``.losses``
+    ``(chains, kept draws, M·(L−1))`` with the burn-in, traces and verdict."""
     key = {"config": asdict(run.config), "step": step, "source": run.directory.name,
            "checkpoints": run.checkpoints.name,
            "observables": _digest(run.observable_ids if observables is None else observables),
@@ -139,3 +142,14 @@ def token_draws(run: LanguageModelRun, step: int, observables: torch.Tensor | No
     return cached("lm-token-draws", key,
                   lambda: experiment.token_draws(run, step, observables, sampling, progress=progress),
                   experiment.token_draws)
+
+
+def step_check(run: LanguageModelRun, step: int, membership: np.ndarray, progress: bool = True) -> StepCheck:
+    """The calibration rule at checkpoint ``step``: the run's draws there (cached) against draws
+    at half its step (cached too, the same seeds and observables), compared by
+    :func:`stagewise.lm.experiment.compare_steps` on the groups of ``membership`` ``(n, A)``.
+    Costs one more :func:`token_draws` at ``step``."""
+    sgld = run.config.sgld
+    half = replace(run, config=replace(run.config, sgld=replace(sgld, epsilon=sgld.epsilon / 2)))
+    return experiment.compare_steps(token_draws(run, step, progress=progress),
+                                    token_draws(half, step, progress=progress), membership)

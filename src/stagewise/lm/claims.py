@@ -84,3 +84,50 @@ def knn_recall_claim(class_names: Sequence[str], recognised: np.ndarray) -> Clai
     missed = [name for name, ok in zip(class_names, recognised) if not ok]
     return ClaimVerdict("the nearest-neighbour vote recognises every class above both of its nulls",
                         not missed, "not recognised: " + ", ".join(missed) if missed else "all recognised")
+
+
+PAPER_READINGS: tuple[str, ...] = ("confirmed", "contradicted", "unresolved")
+"""What a run says about a reading of the paper."""
+
+
+def delimiter_direction_reading(steps: Sequence[int], verdicts: Sequence[str],
+                                chain_verdicts: Sequence[Sequence[str]], early: tuple[int, int] = (1, 512),
+                                later: int = 2000) -> ClaimVerdict:
+    """The paper's direction for the left-right delimiter relation (positive early, negative
+    later, in SPEC §1's reading), against this run's verdicts: ``verdicts`` ``(S,)`` of the
+    pooled chains and ``chain_verdicts`` ``(S, C)`` of each chain alone, each one of
+    :data:`stagewise.groups.VERDICTS` (:meth:`stagewise.groups.ClassPairTest.verdict`).
+
+    A step *resolves a side* when the pooled verdict is above (or below) the null and no chain
+    lies on the other side.  The reading is ``confirmed`` (``holds`` True) when every step in
+    ``early`` resolves above and every step from ``later`` on resolves below; ``contradicted``
+    (False) when some step resolves the side opposite to the paper's (below early, above
+    later); otherwise ``unresolved`` (None), which includes checkpoints that do not reach one of
+    the two windows.  The word is the detail's first.
+    """
+    steps, verdicts = list(steps), list(verdicts)
+    chain_verdicts = [list(v) for v in chain_verdicts]
+    if not (len(steps) == len(verdicts) == len(chain_verdicts)) or any(
+            v not in VERDICTS for v in verdicts + [c for row in chain_verdicts for c in row]):
+        raise ValueError(f"need one of {VERDICTS} per step and per chain, got {verdicts} and {chain_verdicts}")
+    above, inside, below = VERDICTS
+    opposite = {above: below, below: above}
+
+    def resolved(k: int) -> str:
+        side = verdicts[k]
+        if side in opposite and opposite[side] in chain_verdicts[k]:
+            return f"pooled {side}, a chain {opposite[side]}"
+        return side
+
+    claim = "the left-right delimiter relation goes from positive (above its null) to negative (below it)"
+    early_sides = [(s, resolved(k)) for k, s in enumerate(steps) if early[0] <= s <= early[1]]
+    later_sides = [(s, resolved(k)) for k, s in enumerate(steps) if s >= later]
+    detail = "; ".join(f"step {s}: {side}" for s, side in early_sides + later_sides) or "no step in either window"
+    if any(side == below for _, side in early_sides) or any(side == above for _, side in later_sides):
+        return ClaimVerdict(claim, False, f"{PAPER_READINGS[1]}: {detail}")
+    if early_sides and later_sides and all(side == above for _, side in early_sides) \
+            and all(side == below for _, side in later_sides):
+        return ClaimVerdict(claim, True, f"{PAPER_READINGS[0]}: {detail}")
+    missing = "" if early_sides and later_sides else (
+        f" (no analysed step {f'from {later} on' if early_sides else f'in {early[0]}-{early[1]}'})")
+    return ClaimVerdict(claim, None, f"{PAPER_READINGS[2]}: {detail}{missing}")

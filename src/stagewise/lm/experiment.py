@@ -5,7 +5,13 @@
 checkpoints, trained in the directory it is given or published on the hub.
 :func:`token_draws` samples the local posterior at one checkpoint with minibatch RMSprop-SGLD on
 training text and records the per-token losses of the observable sequences at every draw; they
-never enter the gradient.  Nothing here caches: :mod:`stagewise.book.lm` does, for the book.
+never enter the gradient.  The chains start at the checkpoint, so their first draws are a
+warm-up: :func:`stationary_draws` finds it from the recorded loss traces, discards it and judges
+the kept draws (drift, mixing) in the vocabulary of :mod:`stagewise.diagnostics`; a
+:class:`TokenDraws` carries the kept draws with that verdict.  :func:`compare_steps` checks the
+sampler's step against a run at a smaller one by the calibration rule
+(:func:`stagewise.diagnostics.step_change`).  Nothing here caches: :mod:`stagewise.book.lm`
+does, for the book.
 """
 
 from __future__ import annotations
@@ -28,8 +34,13 @@ from stagewise.lm.sources import (
     source_tokenizer,
 )
 from stagewise.lm.tokenizer import token_strings
+from stagewise.diagnostics import (
+    HEALTHY, STEP_SENSITIVE, VERDICTS, Criteria, bif_standard_error, chain_rhat, find_burn_in, judge, little_signal,
+    split_rhat, standard_error, step_change,
+)
+from stagewise.influence import bif_matrix
 from stagewise.lm.training import LMConfig, sequences, token_losses, train_language_model
-from stagewise.sampling import SGLDConfig, sample_losses
+from stagewise.sampling import LossDraws, SGLDConfig, sample_losses
 
 
 @dataclass(frozen=True)
@@ -125,17 +136,180 @@ def branch_run(run: LanguageModelRun, model: LMConfig, progress: bool = True) ->
     return LocalCheckpoints(directory, device=run.checkpoints.device)
 
 
+@dataclass
+class TokenDraws:
+    """Per-token losses of the observables at the kept SGLD draws around one checkpoint, with the
+    warm-up that was cut and the chains' health (see :func:`stationary_draws`).
+
+    ``losses``: ``(C, T − burn_in, n)`` float32, the kept draws (what every estimate reads);
+    ``burn_in``: draws discarded at the start of every chain, and ``warm_up``:
+    ``(C, burn_in, n)`` their losses (to show what the warm-up did, never to estimate from); ``loss_trace``: ``(C, T)`` the
+    mean loss of the gradient's minibatch at every recorded draw, and ``observable_trace``:
+    ``(C, T)`` the mean loss of the observables, both over all ``T`` recorded draws (nats per
+    token); ``burn_in_by_trace``: the burn-in each trace alone gives.  ``rhat`` and
+    ``split_rhat``: the larger over the two traces of ``R̂`` across chains and of split ``R̂`` of
+    the kept draws.  ``initial_loss``: the sampling set's mean loss at the checkpoint;
+    ``llc``, ``llc_se``: the local learning coefficient ``nβ (E[L] − L(w*))`` from the kept
+    minibatch losses and its Monte-Carlo standard error.  ``verdict``: the first rule broken
+    (:data:`stagewise.diagnostics.VERDICTS`), ``reasons``: every rule broken with its numbers
+    (empty when healthy).
+    """
+
+    losses: torch.Tensor
+    burn_in: int
+    warm_up: torch.Tensor
+    loss_trace: torch.Tensor
+    observable_trace: torch.Tensor
+    burn_in_by_trace: dict[str, int]
+    rhat: float
+    split_rhat: float
+    initial_loss: float
+    llc: float
+    llc_se: float
+    verdict: str
+    reasons: list[tuple[str, str]]
+    config: SGLDConfig
+
+    @property
+    def recorded(self) -> int:
+        """Draws recorded per chain, the warm-up included."""
+        return int(self.loss_trace.shape[-1])
+
+    @property
+    def kept(self) -> int:
+        """Draws kept per chain."""
+        return int(self.losses.shape[1])
+
+    def describe(self) -> str:
+        """One line: burn-in, R-hats and verdict with its reasons."""
+        found = "; ".join(reason for _, reason in self.reasons)
+        return (f"burn-in {self.burn_in} of {self.recorded} draws, R-hat {self.rhat:.3f}, split R-hat "
+                f"{self.split_rhat:.3f}: {self.verdict}" + (f" ({found})" if found else ""))
+
+
+def stationary_draws(draws: LossDraws, dimension: int, criteria: Criteria = Criteria()) -> TokenDraws:
+    """The stationary part of one checkpoint's recorded draws, judged.
+
+    ``draws``: one checkpoint's :class:`~stagewise.sampling.LossDraws` (``K = 1``) with observables
+    and a loss trace.  The burn-in is
+    the larger of the warm-ups :func:`~stagewise.diagnostics.find_burn_in` finds in the
+    minibatch loss trace and in the observables' mean loss (the second is far less noisy, and it
+    is what the estimates read).  With a fixed ``config.burn_in`` those steps were taken before
+    the first recorded draw, and the recorded draws are still searched for what remains of the
+    warm-up (``burn_in`` counts recorded draws only).  The kept
+    draws are judged by :func:`~stagewise.diagnostics.judge` with ``dimension`` parameters: R-hat
+    across chains (``unmixed``) and split R-hat over the halves of the kept draws (``drifting``),
+    each the larger over the two traces, the signal, and the LLC's range.
+    """
+    if draws.observables is None or draws.loss_trace is None:
+        raise ValueError("stationary_draws needs the observables' losses and the loss trace")
+    if draws.observables.shape[0] != 1:
+        raise ValueError(f"stationary_draws takes one checkpoint's draws, got {draws.observables.shape[0]}")
+    observables = draws.observables[0]
+    traces = {"minibatch loss": draws.loss_trace[0].double(), "observables' mean loss": observables.double().mean(-1)}
+    found = {name: int(find_burn_in(trace[None], criteria)[0]) for name, trace in traces.items()}
+    burn_in = max(found.values())
+    rhat = max(float(chain_rhat(trace[:, burn_in:])) for trace in traces.values())
+    split = max(float(split_rhat(trace[:, burn_in:])) for trace in traces.values())
+    kept_trace = traces["minibatch loss"][:, burn_in:]
+    nbeta = draws.config.nbeta
+    initial = float(draws.initial_loss[0])
+    llc = nbeta * (float(kept_trace.mean()) - initial)
+    llc_se = nbeta * float(standard_error(kept_trace))
+    diverged = draws.diverged_at is not None and bool((draws.diverged_at >= 0).any())
+    kept = observables[:, burn_in:]
+    little = not diverged and little_signal(kept)
+    reasons = judge(diverged, little, rhat, split, llc, llc_se, dimension, criteria=criteria)
+    return TokenDraws(losses=kept.float().contiguous(), burn_in=burn_in,
+                      warm_up=observables[:, :burn_in].float().contiguous(), loss_trace=traces["minibatch loss"],
+                      observable_trace=traces["observables' mean loss"], burn_in_by_trace=found, rhat=rhat,
+                      split_rhat=split, initial_loss=initial, llc=llc, llc_se=llc_se,
+                      verdict=reasons[0][0] if reasons else HEALTHY, reasons=reasons, config=draws.config)
+
+
 def token_draws(run: LanguageModelRun, step: int, observables: torch.Tensor | None = None,
-                sampling: torch.Tensor | None = None, progress: bool = True) -> torch.Tensor:
-    """Per-token losses of the observable sequences at every SGLD draw around checkpoint
-    ``step``: ``(chains, draws, M·(L−1))``, float32 on the CPU.  ``observables`` replaces the
-    run's held-out sequences (``(M, L)`` token ids, e.g. a repeated probe); ``sampling`` replaces
-    the sequences SGLD draws its minibatches from (``(S, L)`` token ids, default
-    ``run.sampling_ids``).  Sampling runs on the checkpoints' device."""
+                sampling: torch.Tensor | None = None, progress: bool = True,
+                criteria: Criteria = Criteria()) -> TokenDraws:
+    """Per-token losses of the observable sequences at the SGLD draws around checkpoint ``step``
+    that follow the warm-up, judged (:func:`stationary_draws`): a :class:`TokenDraws` whose
+    ``losses`` are ``(chains, kept draws, M·(L−1))``, float32 on the CPU.  ``observables``
+    replaces the run's held-out sequences (``(M, L)`` token ids, e.g. a repeated probe);
+    ``sampling`` replaces the sequences SGLD draws its minibatches from (``(S, L)`` token ids,
+    default ``run.sampling_ids``).  Sampling runs on the checkpoints' device; a diverging chain
+    raises :class:`~stagewise.sampling.SamplerDivergence`."""
     observables = run.observable_ids if observables is None else observables
     sampling = run.sampling_ids if sampling is None else sampling
     model = run.checkpoints.load(step)
     device = next(model.parameters()).device
     draws = sample_losses(model, token_losses, sampling.to(device), run.config.sgld, observables.to(device),
                           record_sampling=False, progress=progress)
-    return draws.observables[0].float().cpu()
+    dimension = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return stationary_draws(draws, dimension, criteria)
+
+
+@dataclass(frozen=True)
+class StepCheck:
+    """How the estimates at one checkpoint move when the step is halved (:func:`compare_steps`).
+
+    ``bif_change``: relative change (Frobenius) of the BIF between the groups' mean losses,
+    ``llc_change``: of the LLC; ``bif_significant``, ``llc_significant``: whether each exceeds
+    its Monte-Carlo error; ``sensitive``: the calibration rule's verdict (a change beyond
+    ``tolerance`` and beyond its error); ``verdicts``: the two runs' own verdicts (step, then
+    half step); ``verdict``: the most serious of those two and ``"step-size sensitive"`` when
+    ``sensitive`` (in the order of :data:`stagewise.diagnostics.VERDICTS`).
+    """
+
+    epsilon: float
+    reference_epsilon: float
+    bif_change: float
+    llc_change: float
+    bif_significant: bool
+    llc_significant: bool
+    tolerance: float
+    sensitive: bool
+    verdicts: tuple[str, str]
+    verdict: str
+
+
+def _group_means(losses: torch.Tensor, membership: np.ndarray) -> torch.Tensor:
+    """``(C, T, n)`` per-token losses -> ``(C, T, A)`` mean loss of each group's tokens."""
+    member = torch.as_tensor(np.asarray(membership, dtype=bool), dtype=torch.float64)
+    if member.ndim != 2 or member.shape[0] != losses.shape[-1] or not bool((member.sum(0) > 0).all()):
+        raise ValueError(f"membership must be (tokens = {losses.shape[-1]}, groups) with no empty group, "
+                         f"got {tuple(member.shape)}")
+    return losses.double() @ (member / member.sum(0))
+
+
+def compare_steps(draws: TokenDraws, reference: TokenDraws, membership: np.ndarray,
+                  criteria: Criteria = Criteria()) -> StepCheck:
+    """The calibration rule (:func:`stagewise.influence.calibrate`) at one checkpoint: do the
+    estimates at ``draws``' step agree with those at the smaller step of ``reference`` (the same
+    checkpoint, observables and seeds)?
+
+    Compared are the LLC and the BIF between the mean losses of the token groups of
+    ``membership`` (``(n, A)`` booleans, e.g. the structural classes): ``−Cov`` of the groups'
+    mean losses over the kept draws, ``(A, A)``, with its batch-means error.  (A per-token BIF
+    of thousands of tokens is neither cheap to compare nor resolved at a few hundred draws; its
+    group means are what the chapters read.)  A change counts when it exceeds
+    ``criteria.step_tolerance`` and its Monte-Carlo error
+    (:func:`stagewise.diagnostics.step_change`).
+    """
+    if draws.losses.shape[-1] != reference.losses.shape[-1]:
+        raise ValueError("the two runs must record the same observables")
+    a, b = _group_means(draws.losses, membership), _group_means(reference.losses, membership)
+    bif, ref = bif_matrix(a)[None], bif_matrix(b)[None]
+    def tensor(value: float) -> torch.Tensor:
+        return torch.tensor([value], dtype=torch.float64)
+
+    scale = reference.config.nbeta * float(reference.loss_trace[:, reference.burn_in:].std())
+    change = step_change(bif, bif_standard_error(a)[None], tensor(draws.llc), tensor(draws.llc_se),
+                         ref, bif_standard_error(b)[None], tensor(reference.llc), tensor(reference.llc_se),
+                         tensor(scale), criteria)
+    sensitive = bool(change.sensitive(criteria.step_tolerance)[0])
+    found = [draws.verdict, reference.verdict] + ([STEP_SENSITIVE] if sensitive else [])
+    return StepCheck(epsilon=draws.config.epsilon, reference_epsilon=reference.config.epsilon,
+                     bif_change=float(change.bif[0]), llc_change=float(change.llc[0]),
+                     bif_significant=bool(change.bif_significant[0]),
+                     llc_significant=bool(change.llc_significant[0]), tolerance=criteria.step_tolerance,
+                     sensitive=sensitive, verdicts=(draws.verdict, reference.verdict),
+                     verdict=min(found, key=VERDICTS.index))
