@@ -88,6 +88,6 @@ def test_the_step_check_flags_a_moved_bif_and_passes_an_unmoved_one():
     agree = compare_steps(draws, same, membership)
     assert not agree.sensitive and agree.verdict == HEALTHY, agree
     moved = compare_steps(draws, wider, membership)
-    assert moved.sensitive and moved.bif_significant and moved.bif_change > 0.5 and moved.verdict == STEP_SENSITIVE
+    assert moved.sensitive and not moved.agrees and abs(moved.bif_scale) > 0.5 and moved.verdict == STEP_SENSITIVE
     with pytest.raises(ValueError, match="membership"):
         compare_steps(draws, same, membership[:10])

@@ -239,7 +239,7 @@ def bif_trajectory(
     result = trajectory_from_draws(draws, _dimension(model), normalized=normalized, criteria=criteria)
     if not step_check:
         return result
-    half = _at_equal_travel(config, config.epsilon / 2)
+    half = at_equal_travel(config, config.epsilon / 2)
     reference = bif_trajectory(model, loss_fn, data, checkpoints, half, observables, device,
                                normalized=normalized, checkpoint_indices=checkpoint_indices,
                                vectorize=vectorize, progress=progress, criteria=criteria)
@@ -302,7 +302,7 @@ def local_bif(
     return bif.to(torch.get_default_dtype())
 
 
-def _at_equal_travel(config: SGLDConfig, epsilon: float) -> SGLDConfig:
+def at_equal_travel(config: SGLDConfig, epsilon: float) -> SGLDConfig:
     """``config`` at the smaller step ``epsilon``, with draws (and a fixed burn-in) scaled by
     ``config.epsilon / epsilon`` so that a chain covers the same ``ε × steps``: compared at
     equal draws, a smaller step mixes worse and its estimates differ by more than the bias."""
@@ -492,7 +492,7 @@ def calibrate(
                 current = runs[(epsilon, nb, g)] = run(config)
                 smaller = None
                 if i + 1 < len(grid) and current.verdicts.count(DIVERGED) < len(current.verdicts):
-                    smaller = references[(epsilon, nb, g)] = run(_at_equal_travel(config, grid[i + 1]))
+                    smaller = references[(epsilon, nb, g)] = run(at_equal_travel(config, grid[i + 1]))
                 if smaller is not None:
                     change = step_change(current.bif, current.bif_se, current.llc, current.llc_se,
                                          smaller.bif, smaller.bif_se, smaller.llc, smaller.llc_se,

@@ -22,6 +22,7 @@ import torch
 from stagewise.book import book_device
 from stagewise.cache import artifact_key, cache_dir, cached
 from stagewise.lm import experiment, sources
+from stagewise.influence import at_equal_travel
 from stagewise.lm.experiment import LanguageModelRun, StepCheck, TokenDraws, TokenInfluenceConfig, branch_run
 from stagewise.lm.sources import LanguageModelSource, LocalSource, PythiaSource, SourceUnavailable
 from stagewise.lm.training import LMConfig
@@ -146,10 +147,10 @@ def token_draws(run: LanguageModelRun, step: int, observables: torch.Tensor | No
 
 def step_check(run: LanguageModelRun, step: int, membership: np.ndarray, progress: bool = True) -> StepCheck:
     """The calibration rule at checkpoint ``step``: the run's draws there (cached) against draws
-    at half its step (cached too, the same seeds and observables), compared by
-    :func:`stagewise.lm.experiment.compare_steps` on the groups of ``membership`` ``(n, A)``.
-    Costs one more :func:`token_draws` at ``step``."""
+    at half its step and twice its draws, so that the chains travel as far (cached too, the same
+    seeds and observables), compared by :func:`stagewise.lm.experiment.compare_steps` on the
+    groups of ``membership`` ``(n, A)``.  Costs two more :func:`token_draws` at ``step``."""
     sgld = run.config.sgld
-    half = replace(run, config=replace(run.config, sgld=replace(sgld, epsilon=sgld.epsilon / 2)))
+    half = replace(run, config=replace(run.config, sgld=at_equal_travel(sgld, sgld.epsilon / 2)))
     return experiment.compare_steps(token_draws(run, step, progress=progress),
                                     token_draws(half, step, progress=progress), membership)

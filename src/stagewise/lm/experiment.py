@@ -251,22 +251,28 @@ def token_draws(run: LanguageModelRun, step: int, observables: torch.Tensor | No
 class StepCheck:
     """How the estimates at one checkpoint move when the step is halved (:func:`compare_steps`).
 
-    ``bif_change``: relative change (Frobenius) of the BIF between the groups' mean losses,
-    ``llc_change``: of the LLC; ``bif_significant``, ``llc_significant``: whether each exceeds
-    its Monte-Carlo error; ``sensitive``: the calibration rule's verdict (a change beyond
-    ``tolerance`` and beyond its error); ``verdicts``: the two runs' own verdicts (step, then
-    half step); ``verdict``: the most serious of those two and ``"step-size sensitive"`` when
-    ``sensitive`` (in the order of :data:`stagewise.diagnostics.VERDICTS`).
+    ``bif_scale``: the change of scale of the BIF between the groups' mean losses (its slope on
+    the half step's, minus 1) and ``bif_scale_se`` its Monte-Carlo error; ``bif_change``: its
+    relative Frobenius change (noise included, reported only); ``llc_change`` and ``llc_se``:
+    the LLC's relative change and its error; ``sensitive``: evidence that the estimates depend
+    on the step (a change beyond ``tolerance`` and its error); ``agrees``: evidence that they do
+    not (upper bounds within ``tolerance``; what :func:`stagewise.calibrate` asks of a step);
+    neither, when the comparison is too noisy to tell.  ``verdicts``: the two runs' own
+    verdicts (step, then half step); ``verdict``: the most serious of those two and
+    ``"step-size sensitive"`` when ``sensitive`` (in the order of
+    :data:`stagewise.diagnostics.VERDICTS`).  See :class:`stagewise.diagnostics.StepChange`.
     """
 
     epsilon: float
     reference_epsilon: float
+    bif_scale: float
+    bif_scale_se: float
     bif_change: float
     llc_change: float
-    bif_significant: bool
-    llc_significant: bool
+    llc_se: float
     tolerance: float
     sensitive: bool
+    agrees: bool
     verdicts: tuple[str, str]
     verdict: str
 
@@ -290,9 +296,8 @@ def compare_steps(draws: TokenDraws, reference: TokenDraws, membership: np.ndarr
     ``membership`` (``(n, A)`` booleans, e.g. the structural classes): ``−Cov`` of the groups'
     mean losses over the kept draws, ``(A, A)``, with its batch-means error.  (A per-token BIF
     of thousands of tokens is neither cheap to compare nor resolved at a few hundred draws; its
-    group means are what the chapters read.)  A change counts when it exceeds
-    ``criteria.step_tolerance`` and its Monte-Carlo error
-    (:func:`stagewise.diagnostics.step_change`).
+    group means are what the chapters read.)  The reference should travel as far
+    (:func:`stagewise.influence.at_equal_travel`: twice the draws at half the step).
     """
     if draws.losses.shape[-1] != reference.losses.shape[-1]:
         raise ValueError("the two runs must record the same observables")
@@ -308,8 +313,8 @@ def compare_steps(draws: TokenDraws, reference: TokenDraws, membership: np.ndarr
     sensitive = bool(change.sensitive(criteria.step_tolerance)[0])
     found = [draws.verdict, reference.verdict] + ([STEP_SENSITIVE] if sensitive else [])
     return StepCheck(epsilon=draws.config.epsilon, reference_epsilon=reference.config.epsilon,
+                     bif_scale=float(change.bif_scale[0]), bif_scale_se=float(change.bif_scale_se[0]),
                      bif_change=float(change.bif[0]), llc_change=float(change.llc[0]),
-                     bif_significant=bool(change.bif_significant[0]),
-                     llc_significant=bool(change.llc_significant[0]), tolerance=criteria.step_tolerance,
-                     sensitive=sensitive, verdicts=(draws.verdict, reference.verdict),
-                     verdict=min(found, key=VERDICTS.index))
+                     llc_se=float(change.llc_se[0]), tolerance=criteria.step_tolerance,
+                     sensitive=sensitive, agrees=bool(change.agrees(criteria.step_tolerance)[0]),
+                     verdicts=(draws.verdict, reference.verdict), verdict=min(found, key=VERDICTS.index))
