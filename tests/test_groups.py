@@ -296,3 +296,25 @@ def test_knn_after_the_common_mode_is_not_fooled_by_loading_and_finds_a_planted_
     assert test.recognised().tolist() == [True, False, False]
     with pytest.raises(ValueError, match="mode_pool"):
         knn_recall_test(draws, np.ones((1500, 1), dtype=bool), k=5, permutations=2, modes=1)
+
+
+@pytest.mark.parametrize("loading", [0.5, 0.15])
+def test_class_self_test_holds_a_class_that_only_loads_more_or_less(loading):
+    from stagewise.groups import class_self_test
+
+    verdicts = []
+    for seed in range(10):
+        draws, left, right = loading_only_draws(loading, seed=seed)
+        verdicts.append(class_self_test(draws, left | right, samples=60, seed=seed).verdict())
+    assert verdicts.count("inside the null") >= 8, verdicts
+
+
+def test_class_self_test_flags_a_component_of_the_class_alone():
+    from stagewise.groups import class_self_test
+
+    for seed in range(4):
+        draws, left, right = loading_only_draws(0.3, pair=0.3, seed=seed)   # the 60 tokens share a component
+        test = class_self_test(draws, left | right, samples=60, seed=seed)
+        assert test.verdict() == "above the null" and test.excess > 0.05
+    with pytest.raises(ValueError, match="at least two tokens"):
+        class_self_test(draws, np.array([3]))

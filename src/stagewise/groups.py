@@ -14,6 +14,7 @@ Two reductions of the normalized BIF (SPEC §4), both in ``O(tokens × draws)`` 
   class's correlation with a pool of other tokens, ``ρ(A, P) ρ(B, P) / ρ(P, P)``, and sets the
   excess beside the same excess for random groups of the pool.  Under a single common factor
   the excess is 0 whatever the loadings; a term shared by the two classes alone stays.
+  :func:`class_self_test` reads a class against itself the same way, from two random halves.
   (Projecting an estimated mode out of the losses, :func:`partial_losses`, is biased for this:
   the mode's estimation error leaves high-loading classes correlated.)
 * :func:`knn_class_recall`: how often a token's most correlated neighbours vote for its own
@@ -277,6 +278,28 @@ def class_pair_test(draws: torch.Tensor, first: np.ndarray, second: np.ndarray, 
             null.append(value - prediction)
             raw.append(value)
     return ClassPairTest(entry=entry, predicted=predicted, null=np.array(null), raw_null=np.array(raw))
+
+
+def class_self_test(draws: torch.Tensor, members: np.ndarray, pool: np.ndarray | None = None,
+                    exclude_same: np.ndarray | None = None, samples: int = 200, seed: int = 0) -> ClassPairTest:
+    """A class's relation with itself, read as :func:`class_pair_test` reads two classes: the
+    class is split at random into two halves, whose entry is the class's own mean correlation
+    over pairs across the halves, and the excess over what its loading on the pooled mode
+    predicts, ``ρ(A, P) ρ(B, P) / ρ(P, P)``, is set beside random pairs of groups of the pool of
+    the halves' sizes.  A class that merely loads more (or less) on the common mode than the
+    pool stays inside the null; a component its tokens alone share puts it above.
+
+    ``members`` is a ``(n,)`` mask (or indices) of the class; ``pool`` the other tokens
+    (default: all the others); ``seed`` fixes the split and the null's groups."""
+    n = draws.shape[-1]
+    chosen = np.random.default_rng(seed).permutation(_token_indices(members, n, "members"))
+    if len(chosen) < 2:
+        raise ValueError(f"a class needs at least two tokens to be split in halves, got {len(chosen)}")
+    half = len(chosen) // 2
+    if pool is None:
+        pool = np.setdiff1d(np.arange(n), chosen)
+    return class_pair_test(draws, chosen[:half], chosen[half:], pool=pool, exclude_same=exclude_same,
+                           samples=samples, seed=seed + 1)
 
 
 def same_label_pair_share(membership: np.ndarray, labels: np.ndarray) -> np.ndarray:
