@@ -318,3 +318,18 @@ def test_class_self_test_flags_a_component_of_the_class_alone():
         assert test.verdict() == "above the null" and test.excess > 0.05
     with pytest.raises(ValueError, match="at least two tokens"):
         class_self_test(draws, np.array([3]))
+
+
+def test_class_relation_tests_read_each_partner_without_the_target():
+    from stagewise.groups import class_relation_tests, class_self_test
+
+    draws, left, right = loading_only_draws(0.3, pair=0.3, seed=1)
+    target = left.copy()
+    target[30:35] = True                       # the target overlaps its partner
+    empty = np.zeros_like(left)
+    tests = class_relation_tests(draws, target, np.stack([right, empty], axis=1), samples=20, seed=3)
+    assert len(tests) == 3 and tests[2] is None, "a partner with no token outside the target is not read"
+    direct = class_pair_test(draws, target, right & ~target, pool=~(target | right), samples=20, seed=4)
+    assert tests[1].entry == pytest.approx(direct.entry) and np.allclose(tests[1].null, direct.null)
+    assert tests[0].entry == pytest.approx(class_self_test(draws, target, pool=~target, samples=20, seed=3).entry)
+    assert tests[1].verdict() == "above the null"      # the planted pair component

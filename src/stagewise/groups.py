@@ -302,6 +302,35 @@ def class_self_test(draws: torch.Tensor, members: np.ndarray, pool: np.ndarray |
                            samples=samples, seed=seed + 1)
 
 
+def class_relation_tests(draws: torch.Tensor, target: np.ndarray, partners: np.ndarray,
+                         exclude_same: np.ndarray | None = None, samples: int = 200,
+                         seed: int = 0) -> list[ClassPairTest | None]:
+    """One class against itself and against each of several others, every entry read against
+    the loading-aware null: ``[self, partner 0, partner 1, …]``.
+
+    ``target`` is a ``(n,)`` mask; ``partners`` ``(n, A)`` masks of the other classes, which may
+    overlap the target (classes are not exclusive): each partner is read without the target's
+    tokens, against a pool of tokens in neither.  The class with itself is
+    :func:`class_self_test` against the tokens outside it; the others are
+    :func:`class_pair_test`.  ``None`` where a class is too small to be read (fewer than two
+    target tokens, or no partner token outside the target)."""
+    target = np.asarray(target, dtype=bool)
+    partners = np.asarray(partners, dtype=bool)
+    n = draws.shape[-1]
+    if target.shape != (n,) or partners.ndim != 2 or partners.shape[0] != n:
+        raise ValueError(f"need a ({n},) target mask and ({n}, A) partner masks, got {target.shape} and {partners.shape}")
+    tests: list[ClassPairTest | None] = [
+        class_self_test(draws, target, pool=~target, exclude_same=exclude_same, samples=samples, seed=seed)
+        if target.sum() >= 2 else None]
+    for a in range(partners.shape[1]):
+        partner = partners[:, a] & ~target
+        pool = ~(target | partners[:, a])
+        ok = target.any() and partner.any() and pool.sum() >= target.sum() + partner.sum() + 2
+        tests.append(class_pair_test(draws, target, partner, pool=pool, exclude_same=exclude_same, samples=samples,
+                                     seed=seed + 1 + a) if ok else None)
+    return tests
+
+
 def same_label_pair_share(membership: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Share of the pairs of distinct tokens within each class whose labels are equal (e.g. two
     copies of one token id): ``(A,)``, ``nan`` for a class of fewer than two tokens."""
