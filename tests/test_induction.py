@@ -248,3 +248,12 @@ def test_target_word_continuations_follow_the_targets():
     ids = torch.tensor([[0, 1, 2, 0, 1], [1, 1, 3, 0, 1]])
     assert target_word_continuations(tokenizer, ids).tolist() == [True, False, False, True,
                                                                   True, False, False, True]
+
+
+def test_interval_width_ratio_is_nan_where_the_paired_interval_has_no_width():
+    from stagewise.lm.intervention import interval_width_ratio, scan_profile, unpaired_profile
+
+    control = np.array([[100.0, 100.0], [200.0, 200.0]])
+    boosted = control.copy()                               # every saving 0: the paired intervals have no width
+    paired = scan_profile([50, 100], control, boosted, 25)
+    assert all(np.isnan(r) for r in interval_width_ratio(paired, [unpaired_profile([50, 100], control, boosted, 25)]))

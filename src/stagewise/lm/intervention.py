@@ -174,12 +174,17 @@ def unpaired_profile(starts: Sequence[int], control_events: np.ndarray, boosted_
 def interval_width_ratio(paired: ScanProfile, unpaired: Sequence[ScanProfile]) -> tuple[float, float]:
     """How much wider the intervals are without the pairing: the mean over ``unpaired``
     (:func:`unpaired_profile`, e.g. one per shift) of their width divided by ``paired``'s, for
-    the slope's interval and for the per-window means' intervals (averaged over windows)."""
+    the slope's interval and for the per-window means' intervals (averaged over windows);
+    ``nan`` where a paired interval has no width (every saving equal, e.g. all 0)."""
     if not unpaired:
         raise ValueError("need at least one unpaired profile")
-    width = lambda interval: np.diff(np.asarray(interval), axis=-1)[..., 0]  # noqa: E731
-    slope = np.mean([width(u.slope_interval) / width(paired.slope_interval) for u in unpaired])
-    means = np.mean([np.mean(width(u.interval) / width(paired.interval)) for u in unpaired])
+    width = lambda interval: np.diff(np.asarray(interval, dtype=float), axis=-1)[..., 0]  # noqa: E731
+
+    def ratio(unpaired_width: np.ndarray, paired_width: np.ndarray) -> np.ndarray:
+        return np.where(paired_width > 0, unpaired_width / np.where(paired_width > 0, paired_width, 1), np.nan)
+
+    slope = np.mean([ratio(width(u.slope_interval), width(paired.slope_interval)) for u in unpaired])
+    means = np.mean([np.mean(ratio(width(u.interval), width(paired.interval))) for u in unpaired])
     return float(slope), float(means)
 
 
