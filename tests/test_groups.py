@@ -333,3 +333,18 @@ def test_class_relation_tests_read_each_partner_without_the_target():
     assert tests[1].entry == pytest.approx(direct.entry) and np.allclose(tests[1].null, direct.null)
     assert tests[0].entry == pytest.approx(class_self_test(draws, target, pool=~target, samples=20, seed=3).entry)
     assert tests[1].verdict() == "above the null"      # the planted pair component
+
+
+def test_class_relation_tests_equal_the_direct_tests_with_copies_of_ids_left_out():
+    from stagewise.groups import class_relation_tests, class_self_test
+
+    draws, left, right = loading_only_draws(0.4, pair=0.2, seed=2)
+    ids = np.random.default_rng(5).integers(0, 40, size=240)           # many tokens share an id
+    tests = class_relation_tests(draws, left, right[:, None], exclude_same=ids, samples=30, seed=1)
+    direct = [class_self_test(draws, left, pool=~left, exclude_same=ids, samples=30, seed=1),
+              class_pair_test(draws, left, right, pool=~(left | right), exclude_same=ids, samples=30, seed=2)]
+    for fast, slow in zip(tests, direct):
+        assert fast.entry == pytest.approx(slow.entry, abs=1e-10)
+        assert fast.predicted == pytest.approx(slow.predicted, abs=1e-10)
+        np.testing.assert_allclose(fast.null, slow.null, atol=1e-10)
+        np.testing.assert_allclose(fast.raw_null, slow.raw_null, atol=1e-10)
