@@ -208,8 +208,8 @@ def test_unpaired_profile_loses_the_noise_an_arm_shares_with_its_control():
     assert slope_ratio > 10 and mean_ratio > 10
     # with nothing shared, the pairing buys nothing: the ratio is near 1
     independent = 2000 + rng.normal(0, 50, (3, seeds)) - 0.1 * dose
-    ratios = interval_width_ratio(scan_profile(starts, control, independent, dose),
-                                  [unpaired_profile(starts, control, independent, dose, shift=k) for k in range(1, seeds)])
+    repaired = [unpaired_profile(starts, control, independent, dose, shift=k) for k in range(1, seeds)]
+    ratios = interval_width_ratio(scan_profile(starts, control, independent, dose), repaired)
     assert all(0.5 < r < 2 for r in ratios)
     with pytest.raises(ValueError, match="its own control"):
         unpaired_profile(starts, control, boosted, dose, shift=seeds)
@@ -254,6 +254,7 @@ def test_interval_width_ratio_is_nan_where_the_paired_interval_has_no_width():
     from stagewise.lm.intervention import interval_width_ratio, scan_profile, unpaired_profile
 
     control = np.array([[100.0, 100.0], [200.0, 200.0]])
-    boosted = control.copy()                               # every saving 0: the paired intervals have no width
+    boosted = control.copy()                     # every saving 0: the paired intervals have no width
     paired = scan_profile([50, 100], control, boosted, 25)
-    assert all(np.isnan(r) for r in interval_width_ratio(paired, [unpaired_profile([50, 100], control, boosted, 25)]))
+    repaired = [unpaired_profile([50, 100], control, boosted, 25)]
+    assert all(np.isnan(r) for r in interval_width_ratio(paired, repaired))

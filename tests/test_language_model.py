@@ -312,18 +312,19 @@ def test_a_boosted_branch_and_its_control_draw_the_same_batches_but_the_boosted_
             differ = [row for row in range(8) if not torch.equal(control[step][row], arm[step][row])]
             assert differ == list(range(first_boosted, first_repeated)), f"step {step}: rows {differ} differ"
         else:
-            assert torch.equal(control[step], arm[step]), f"step {step}: the batches differ outside the window"
-    # the same pair without common random numbers (one generator for everything) parts after the first boosted step
+            assert torch.equal(control[step], arm[step]), f"step {step}: batches differ outside the window"
+    # the same pair without common random numbers (one generator for everything) parts after the window
     pairs = _one_generator_batches(base, boosted, stream, steps=range(20, 40))
-    assert not any(torch.equal(a, b) for a, b in pairs[10:]), "with one generator the boosted arm's extra draws shift its later batches"
+    assert not any(torch.equal(a, b) for a, b in pairs[10:]), \
+        "with one generator the boosted arm's extra draws shift its later batches"
 
 
 def _one_generator_batches(first, second, stream, steps):
     from stagewise.lm.training import training_batch
 
     generators = [torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)]
-    return [(training_batch(first, stream, s, generators[0]), training_batch(second, stream, s, generators[1]))
-            for s in steps]
+    return [(training_batch(first, stream, s, generators[0]),
+             training_batch(second, stream, s, generators[1])) for s in steps]
 
 
 def test_an_interrupted_branch_resumes_its_repeated_rows_stream(tmp_path, monkeypatch):
@@ -347,6 +348,7 @@ def test_an_interrupted_branch_resumes_its_repeated_rows_stream(tmp_path, monkey
     monkeypatch.setattr(training, "_save_atomically", save)
     resumed = _recorded_batches(monkeypatch, branched, stream, tmp_path / "resumed")
     assert sorted(resumed) == list(range(20, TINY.steps))
-    assert all(torch.equal(whole[step], resumed[step]) for step in resumed), "the resumed run drew other batches"
+    assert all(torch.equal(whole[step], resumed[step]) for step in resumed), \
+        "the resumed run drew other batches"
     final = [LocalCheckpoints(tmp_path / name).load(40).parameters() for name in ("whole", "resumed")]
     assert all(torch.equal(p, q) for p, q in zip(*final))

@@ -81,8 +81,8 @@ def test_word_continuations_are_the_later_pieces_of_split_words():
     from stagewise.lm.classes import word_continuations
 
     strings = [" un", "believ", "able", ".", " the", " differ", "ences", "\n", "x", "2", "ab"]
-    assert word_continuations(strings).tolist() == [False, True, True, False, False, False, True, False, False,
-                                                    False, False]
+    expected = [False, True, True, False, False, False, True, False, False, False, False]
+    assert word_continuations(strings).tolist() == expected
     # a repeated split word is an induction-pattern token at its later pieces, and those are continuations
     ids = [5, 6, 7, 8, 5, 6, 7]
     strings = [" foo", "bar", " =", " x", " foo", "bar", " ="]

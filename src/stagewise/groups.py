@@ -281,7 +281,8 @@ def class_pair_test(draws: torch.Tensor, first: np.ndarray, second: np.ndarray, 
 
 
 def class_self_test(draws: torch.Tensor, members: np.ndarray, pool: np.ndarray | None = None,
-                    exclude_same: np.ndarray | None = None, samples: int = 200, seed: int = 0) -> ClassPairTest:
+                    exclude_same: np.ndarray | None = None, samples: int = 200,
+                    seed: int = 0) -> ClassPairTest:
     """A class's relation with itself, read as :func:`class_pair_test` reads two classes: the
     class is split at random into two halves, whose entry is the class's own mean correlation
     over pairs across the halves, and the excess over what its loading on the pooled mode
@@ -324,8 +325,9 @@ class _PairedSums:
             rows.append(index.repeat_interleave(len(block)))
             cols.append(index.repeat(len(block)))
             values.append((self.Z[index] @ self.Z[index].T).reshape(-1))
-        self.same = torch.sparse_coo_tensor(torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(values),
-                                            (n, n), check_invariants=True).coalesce()
+        index = torch.stack([torch.cat(rows), torch.cat(cols)])
+        same = torch.sparse_coo_tensor(index, torch.cat(values), (n, n), check_invariants=True)
+        self.same = same.coalesce()
 
     def __call__(self, membership: np.ndarray) -> np.ndarray:
         """``(A, A)``: what :func:`group_correlation` gives for ``membership`` ``(n, A)``."""
@@ -390,7 +392,8 @@ def class_relation_tests(draws: torch.Tensor, target: np.ndarray, partners: np.n
     partners = np.asarray(partners, dtype=bool)
     n = draws.shape[-1]
     if target.shape != (n,) or partners.ndim != 2 or partners.shape[0] != n:
-        raise ValueError(f"need a ({n},) target mask and ({n}, A) partner masks, got {target.shape} and {partners.shape}")
+        raise ValueError(f"need a ({n},) target mask and ({n}, A) partner masks, "
+                         f"got {target.shape} and {partners.shape}")
     if samples < 1:
         raise ValueError(f"need at least one sample, got {samples}")
     sums = _PairedSums(draws, exclude_same)
@@ -398,13 +401,16 @@ def class_relation_tests(draws: torch.Tensor, target: np.ndarray, partners: np.n
     if target.sum() >= 2 and (~target).sum() >= target.sum() + 2:
         halves = np.random.default_rng(seed).permutation(np.flatnonzero(target))   # as class_self_test splits
         half = len(halves) // 2
-        tests[0] = _paired_sums_pair_test(sums, halves[:half], halves[half:], np.flatnonzero(~target), samples,
-                                          seed + 1)
+        tests[0] = _paired_sums_pair_test(sums, halves[:half], halves[half:], np.flatnonzero(~target),
+                                          samples, seed + 1)
     for a in range(partners.shape[1]):
         partner = partners[:, a] & ~target
         pool = ~(target | partners[:, a])
         ok = target.any() and partner.any() and pool.sum() >= target.sum() + partner.sum() + 2
-        tests.append(_paired_sums_pair_test(sums, target, partner, pool, samples, seed + 1 + a) if ok else None)
+        if not ok:
+            tests.append(None)
+            continue
+        tests.append(_paired_sums_pair_test(sums, target, partner, pool, samples, seed + 1 + a))
     return tests
 
 

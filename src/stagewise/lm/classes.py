@@ -116,4 +116,5 @@ def word_continuations(strings: Sequence[str]) -> np.ndarray:
     space between, letters on both sides, as the word classes glue tokens into words): every
     piece of a split word but its first.  An induction-pattern token that is one of them may be
     predicted by completing a word the tokenizer split, not only by copying from context."""
-    return np.array([k >= 1 and _continues_word(strings[k - 1], strings[k]) for k in range(len(strings))], dtype=bool)
+    return np.array([k >= 1 and _continues_word(strings[k - 1], strings[k]) for k in range(len(strings))],
+                    dtype=bool)

@@ -74,7 +74,8 @@ def stacked_observables(*sets: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
     targets do not see the padding, so one SGLD run records the losses of every set (undo with
     :func:`split_observable_draws`)."""
     if not sets or any(ids.ndim != 2 or ids.shape[1] < 2 for ids in sets):
-        raise ValueError(f"need one or more (M, L >= 2) sets of sequences, got shapes {[tuple(s.shape) for s in sets]}")
+        shapes = [tuple(ids.shape) for ids in sets]
+        raise ValueError(f"need one or more (M, L >= 2) sets of sequences, got shapes {shapes}")
     length = max(ids.shape[1] for ids in sets)
     return torch.cat([torch.nn.functional.pad(ids, (0, length - ids.shape[1]), value=pad_id) for ids in sets])
 
@@ -86,7 +87,8 @@ def split_observable_draws(draws: torch.Tensor, *sets: torch.Tensor) -> list[tor
     length = max(ids.shape[1] for ids in sets)
     rows = sum(ids.shape[0] for ids in sets)
     if draws.shape[-1] != rows * (length - 1):
-        raise ValueError(f"draws hold {draws.shape[-1]} tokens; the sets stack to {rows} rows of {length - 1} targets")
+        raise ValueError(f"draws hold {draws.shape[-1]} tokens; the sets stack to {rows} rows "
+                         f"of {length - 1} targets")
     grid = draws.reshape(*draws.shape[:-1], rows, length - 1)
     parts, start = [], 0
     for ids in sets:

@@ -181,7 +181,8 @@ def interval_width_ratio(paired: ScanProfile, unpaired: Sequence[ScanProfile]) -
     width = lambda interval: np.diff(np.asarray(interval, dtype=float), axis=-1)[..., 0]  # noqa: E731
 
     def ratio(unpaired_width: np.ndarray, paired_width: np.ndarray) -> np.ndarray:
-        return np.where(paired_width > 0, unpaired_width / np.where(paired_width > 0, paired_width, 1), np.nan)
+        positive = paired_width > 0
+        return np.where(positive, unpaired_width / np.where(positive, paired_width, 1), np.nan)
 
     slope = np.mean([ratio(width(u.slope_interval), width(paired.slope_interval)) for u in unpaired])
     means = np.mean([np.mean(ratio(width(u.interval), width(paired.interval))) for u in unpaired])
