@@ -316,7 +316,7 @@ def test_class_self_test_flags_a_component_of_the_class_alone():
         draws, left, right = loading_only_draws(0.3, pair=0.3, seed=seed)   # the 60 tokens share a component
         test = class_self_test(draws, left | right, samples=60, seed=seed)
         assert test.verdict() == "above the null" and test.excess > 0.05
-    with pytest.raises(ValueError, match="at least two tokens"):
+    with pytest.raises(ValueError, match="two tokens or more"):
         class_self_test(draws, np.array([3]))
 
 
@@ -344,6 +344,9 @@ def test_class_relation_tests_equal_the_direct_tests_with_copies_of_ids_left_out
     tests = class_relation_tests(draws, left, right[:, None], exclude_same=ids, samples=30, seed=1)
     direct = [class_self_test(draws, left, pool=~left, exclude_same=ids, samples=30, seed=1),
               class_pair_test(draws, left, right, pool=~(left | right), exclude_same=ids, samples=30, seed=2)]
+    plain = group_correlation(draws, np.stack([left, ~left], axis=1), exclude_same=ids)   # (class, pool)
+    assert tests[0].entry == pytest.approx(plain[0, 0])
+    assert tests[0].predicted == pytest.approx(plain[0, 1] ** 2 / plain[1, 1])
     for fast, slow in zip(tests, direct):
         assert fast.entry == pytest.approx(slow.entry, abs=1e-10)
         assert fast.predicted == pytest.approx(slow.predicted, abs=1e-10)

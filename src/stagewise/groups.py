@@ -14,7 +14,8 @@ Two reductions of the normalized BIF (SPEC §4), both in ``O(tokens × draws)`` 
   class's correlation with a pool of other tokens, ``ρ(A, P) ρ(B, P) / ρ(P, P)``, and sets the
   excess beside the same excess for random groups of the pool.  Under a single common factor
   the excess is 0 whatever the loadings; a term shared by the two classes alone stays.
-  :func:`class_self_test` reads a class against itself the same way, from two random halves.
+  :func:`class_self_test` reads a class against itself the same way, ``ρ(A, A)`` against
+  ``ρ(A, P)² / ρ(P, P)``.
   (Projecting an estimated mode out of the losses, :func:`partial_losses`, is biased for this:
   the mode's estimation error leaves high-loading classes correlated.)
 * :func:`knn_class_recall`: how often a token's most correlated neighbours vote for its own
@@ -284,23 +285,53 @@ def class_self_test(draws: torch.Tensor, members: np.ndarray, pool: np.ndarray |
                     exclude_same: np.ndarray | None = None, samples: int = 200,
                     seed: int = 0) -> ClassPairTest:
     """A class's relation with itself, read as :func:`class_pair_test` reads two classes: the
-    class is split at random into two halves, whose entry is the class's own mean correlation
-    over pairs across the halves, and the excess over what its loading on the pooled mode
-    predicts, ``ρ(A, P) ρ(B, P) / ρ(P, P)``, is set beside random pairs of groups of the pool of
-    the halves' sizes.  A class that merely loads more (or less) on the common mode than the
-    pool stays inside the null; a component its tokens alone share puts it above.
+    class's mean correlation over pairs of its distinct tokens, ``ρ(A, A)``, against what its
+    loading on the pooled mode predicts, ``ρ(A, P)² / ρ(P, P)``, and the excess beside the same
+    excess for ``samples`` random groups of the pool of the class's size, each against the rest
+    of the pool.  A class that merely loads more (or less) on the common mode than the pool
+    stays inside the null; a component its tokens alone share puts it above.
 
     ``members`` is a ``(n,)`` mask (or indices) of the class; ``pool`` the other tokens
-    (default: all the others); ``seed`` fixes the split and the null's groups."""
+    (default: all the others); ``exclude_same`` as in :func:`group_correlation`."""
     n = draws.shape[-1]
-    chosen = np.random.default_rng(seed).permutation(_token_indices(members, n, "members"))
-    if len(chosen) < 2:
-        raise ValueError(f"a class needs at least two tokens to be split in halves, got {len(chosen)}")
-    half = len(chosen) // 2
-    if pool is None:
-        pool = np.setdiff1d(np.arange(n), chosen)
-    return class_pair_test(draws, chosen[:half], chosen[half:], pool=pool, exclude_same=exclude_same,
-                           samples=samples, seed=seed + 1)
+    members = _token_indices(members, n, "members")
+    pool = np.setdiff1d(np.arange(n), members) if pool is None else _token_indices(pool, n, "pool")
+    return _paired_sums_self_test(_PairedSums(draws, exclude_same), members, pool, samples, seed)
+
+
+def _self_excess(matrix: np.ndarray) -> tuple[float, float]:
+    """``(entry, predicted)`` from the ``(2, 2)`` group correlation of (class, pool)."""
+    pool = matrix[1, 1]
+    return float(matrix[0, 0]), float(matrix[0, 1] ** 2 / pool if pool > 0 else 0.0)
+
+
+def _paired_sums_self_test(sums: "_PairedSums", members: np.ndarray, pool: np.ndarray, samples: int, seed: int,
+                           chunk: int = 20) -> ClassPairTest:
+    n = sums.Z.shape[0]
+    size = len(members)
+    if size < 2 or np.isin(pool, members).any() or len(pool) < size + 2:
+        raise ValueError(f"need a class of two tokens or more ({size}) and a disjoint pool larger than it "
+                         f"({len(pool)} tokens)")
+    if samples < 1:
+        raise ValueError(f"need at least one sample, got {samples}")
+    membership = np.zeros((n, 2), dtype=bool)
+    membership[members, 0], membership[pool, 1] = True, True
+    entry, predicted = _self_excess(sums(membership))
+    rng = np.random.default_rng(seed)
+    null, raw = [], []
+    for start in range(0, samples, chunk):
+        count = min(chunk, samples - start)
+        groups = np.zeros((n, 2 * count), dtype=bool)
+        for k in range(count):
+            chosen = rng.permutation(pool)
+            groups[chosen[:size], 2 * k] = True
+            groups[chosen[size:], 2 * k + 1] = True
+        matrix = sums(groups)
+        for k in range(count):
+            value, prediction = _self_excess(matrix[2 * k: 2 * k + 2, 2 * k: 2 * k + 2])
+            null.append(value - prediction)
+            raw.append(value)
+    return ClassPairTest(entry=entry, predicted=predicted, null=np.array(null), raw_null=np.array(raw))
 
 
 class _PairedSums:
@@ -399,10 +430,7 @@ def class_relation_tests(draws: torch.Tensor, target: np.ndarray, partners: np.n
     sums = _PairedSums(draws, exclude_same)
     tests: list[ClassPairTest | None] = [None]
     if target.sum() >= 2 and (~target).sum() >= target.sum() + 2:
-        halves = np.random.default_rng(seed).permutation(np.flatnonzero(target))   # as class_self_test splits
-        half = len(halves) // 2
-        tests[0] = _paired_sums_pair_test(sums, halves[:half], halves[half:], np.flatnonzero(~target),
-                                          samples, seed + 1)
+        tests[0] = _paired_sums_self_test(sums, np.flatnonzero(target), np.flatnonzero(~target), samples, seed)
     for a in range(partners.shape[1]):
         partner = partners[:, a] & ~target
         pool = ~(target | partners[:, a])
