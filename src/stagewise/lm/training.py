@@ -57,7 +57,7 @@ class LMConfig:
     """``(step, seed)``: at ``step`` the data are reseeded with ``seed``, so runs that differ
     only in their branch share everything before ``step`` and see independent data after it.
     From the branch on, the natural-text windows and the repeated rows come from two generators
-    (:func:`repeated_rows_generator`), each drawing a fixed amount a step: branches with one
+    (:func:`repeated_rows_generator`), each drawing a fixed amount a step: two runs with the same
     branch that differ only in their share of repeated rows (a boost window and its control)
     draw the same batches, except the rows the boost turns into repeated sequences (common
     random numbers)."""
@@ -241,7 +241,8 @@ def training_batch(config: LMConfig, stream: torch.Tensor, step: int, generator:
     shortest, rows = min(8, length // 2), range(config.batch_size - repeated, config.batch_size)
     if repeated_generator is not None:
         periods = torch.randint(shortest, length // 2 + 1, (config.batch_size,), generator=repeated_generator)
-        segments = torch.randint(config.vocab_size, (config.batch_size, length // 2), generator=repeated_generator)
+        segments = torch.randint(config.vocab_size, (config.batch_size, length // 2),
+                                 generator=repeated_generator)
         _fill_repeated(batch, rows, segments[rows.start:], periods[rows.start:].tolist())
     elif repeated:
         periods = torch.randint(shortest, length // 2 + 1, (repeated,), generator=generator).tolist()
