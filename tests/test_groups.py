@@ -296,3 +296,59 @@ def test_knn_after_the_common_mode_is_not_fooled_by_loading_and_finds_a_planted_
     assert test.recognised().tolist() == [True, False, False]
     with pytest.raises(ValueError, match="mode_pool"):
         knn_recall_test(draws, np.ones((1500, 1), dtype=bool), k=5, permutations=2, modes=1)
+
+
+@pytest.mark.parametrize("loading", [0.5, 0.15])
+def test_class_self_test_holds_a_class_that_only_loads_more_or_less(loading):
+    from stagewise.groups import class_self_test
+
+    verdicts = []
+    for seed in range(10):
+        draws, left, right = loading_only_draws(loading, seed=seed)
+        verdicts.append(class_self_test(draws, left | right, samples=60, seed=seed).verdict())
+    assert verdicts.count("inside the null") >= 8, verdicts
+
+
+def test_class_self_test_flags_a_component_of_the_class_alone():
+    from stagewise.groups import class_self_test
+
+    for seed in range(4):
+        draws, left, right = loading_only_draws(0.3, pair=0.3, seed=seed)   # the 60 tokens share a component
+        test = class_self_test(draws, left | right, samples=60, seed=seed)
+        assert test.verdict() == "above the null" and test.excess > 0.05
+    with pytest.raises(ValueError, match="two tokens or more"):
+        class_self_test(draws, np.array([3]))
+
+
+def test_class_relation_tests_read_each_partner_without_the_target():
+    from stagewise.groups import class_relation_tests, class_self_test
+
+    draws, left, right = loading_only_draws(0.3, pair=0.3, seed=1)
+    target = left.copy()
+    target[30:35] = True                       # the target overlaps its partner
+    empty = np.zeros_like(left)
+    tests = class_relation_tests(draws, target, np.stack([right, empty], axis=1), samples=20, seed=3)
+    assert len(tests) == 3 and tests[2] is None, "a partner with no token outside the target is not read"
+    direct = class_pair_test(draws, target, right & ~target, pool=~(target | right), samples=20, seed=4)
+    assert tests[1].entry == pytest.approx(direct.entry) and np.allclose(tests[1].null, direct.null)
+    itself = class_self_test(draws, target, pool=~target, samples=20, seed=3)
+    assert tests[0].entry == pytest.approx(itself.entry)
+    assert tests[1].verdict() == "above the null"      # the planted pair component
+
+
+def test_class_relation_tests_equal_the_direct_tests_with_copies_of_ids_left_out():
+    from stagewise.groups import class_relation_tests, class_self_test
+
+    draws, left, right = loading_only_draws(0.4, pair=0.2, seed=2)
+    ids = np.random.default_rng(5).integers(0, 40, size=240)           # many tokens share an id
+    tests = class_relation_tests(draws, left, right[:, None], exclude_same=ids, samples=30, seed=1)
+    direct = [class_self_test(draws, left, pool=~left, exclude_same=ids, samples=30, seed=1),
+              class_pair_test(draws, left, right, pool=~(left | right), exclude_same=ids, samples=30, seed=2)]
+    plain = group_correlation(draws, np.stack([left, ~left], axis=1), exclude_same=ids)   # (class, pool)
+    assert tests[0].entry == pytest.approx(plain[0, 0])
+    assert tests[0].predicted == pytest.approx(plain[0, 1] ** 2 / plain[1, 1])
+    for fast, slow in zip(tests, direct):
+        assert fast.entry == pytest.approx(slow.entry, abs=1e-10)
+        assert fast.predicted == pytest.approx(slow.predicted, abs=1e-10)
+        np.testing.assert_allclose(fast.null, slow.null, atol=1e-10)
+        np.testing.assert_allclose(fast.raw_null, slow.raw_null, atol=1e-10)

@@ -189,3 +189,72 @@ def test_boost_scan_rejects_windows_off_the_kept_states_or_past_the_stop():
     with pytest.raises(ValueError, match="at least one seed"):
         boost_scan(run, BoostScan(starts=(300,), **{**design, "seeds": ()}), probe, progress=False)
     assert BoostScan(starts=(300,), **design).extra_sequences(model) == 2 * 100
+
+
+def test_unpaired_profile_loses_the_noise_an_arm_shares_with_its_control():
+    from stagewise.lm.intervention import interval_width_ratio, scan_profile, unpaired_profile
+
+    rng = np.random.default_rng(0)
+    starts, seeds, dose = [500, 1000, 1500], 6, 100
+    shared = rng.normal(0, 50, (3, seeds))              # what an arm and its control have in common
+    control = 2000 + shared + rng.normal(0, 1, (3, seeds))
+    boosted = 2000 + shared - 0.1 * dose + rng.normal(0, 1, (3, seeds))
+    paired = scan_profile(starts, control, boosted, dose)
+    unpaired = [unpaired_profile(starts, control, boosted, dose, shift=k) for k in range(1, seeds)]
+    assert paired.null_level == pytest.approx(0.1, abs=0.02)
+    assert all(u.null_level == pytest.approx(paired.null_level, abs=0.01) for u in unpaired), \
+        "re-pairing permutes the controls, so the mean saving stays"
+    slope_ratio, mean_ratio = interval_width_ratio(paired, unpaired)
+    assert slope_ratio > 10 and mean_ratio > 10
+    # with nothing shared, the pairing buys nothing: the ratio is near 1
+    independent = 2000 + rng.normal(0, 50, (3, seeds)) - 0.1 * dose
+    repaired = [unpaired_profile(starts, control, independent, dose, shift=k) for k in range(1, seeds)]
+    ratios = interval_width_ratio(scan_profile(starts, control, independent, dose), repaired)
+    assert all(0.5 < r < 2 for r in ratios)
+    with pytest.raises(ValueError, match="its own control"):
+        unpaired_profile(starts, control, boosted, dose, shift=seeds)
+
+
+def test_stacked_observables_record_each_sets_losses_as_alone():
+    from stagewise.lm.induction import split_observable_draws, stacked_observables
+    from stagewise.lm.training import LMConfig, pythia_architecture, token_losses
+    from transformers import GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(pythia_architecture(LMConfig(vocab_size=40, hidden=16, layers=1, heads=2,
+                                                            intermediate=32, context=16))).eval()
+    probe = repeated_sequences(3, 4, vocab_size=40)                 # (3, 8)
+    natural = torch.randint(0, 40, (2, 13), generator=torch.Generator().manual_seed(1))
+    stacked = stacked_observables(probe, natural, pad_id=39)
+    assert stacked.shape == (5, 13) and bool((stacked[:3, 8:] == 39).all())
+    with torch.no_grad():
+        together = token_losses(model, stacked).reshape(-1)
+        alone = [token_losses(model, ids).reshape(-1) for ids in (probe, natural)]
+    draws = torch.stack([together, 2 * together])[None]          # (1 chain, 2 draws, tokens)
+    parts = split_observable_draws(draws, probe, natural)
+    assert [tuple(p.shape) for p in parts] == [(1, 2, 3 * 7), (1, 2, 2 * 12)]
+    for part, expected in zip(parts, alone):
+        torch.testing.assert_close(part[0, 0], expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(part[0, 1], 2 * expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="sets stack to"):
+        split_observable_draws(draws[..., :-1], probe, natural)
+
+
+def test_target_word_continuations_follow_the_targets():
+    from stagewise.lm.induction import target_word_continuations
+
+    vocabulary = {0: " foo", 1: "bar", 2: " =", 3: "\n"}
+    tokenizer = SimpleNamespace(decode=lambda ids: vocabulary[ids[0]])
+    ids = torch.tensor([[0, 1, 2, 0, 1], [1, 1, 3, 0, 1]])
+    assert target_word_continuations(tokenizer, ids).tolist() == [True, False, False, True,
+                                                                  True, False, False, True]
+
+
+def test_interval_width_ratio_is_nan_where_the_paired_interval_has_no_width():
+    from stagewise.lm.intervention import interval_width_ratio, scan_profile, unpaired_profile
+
+    control = np.array([[100.0, 100.0], [200.0, 200.0]])
+    boosted = control.copy()                     # every saving 0: the paired intervals have no width
+    paired = scan_profile([50, 100], control, boosted, 25)
+    repaired = [unpaired_profile([50, 100], control, boosted, 25)]
+    assert all(np.isnan(r) for r in interval_width_ratio(paired, repaired))

@@ -282,3 +282,77 @@ def test_language_model_modules_import_neither_profiles_nor_the_cache():
     for module in sorted(Path(stagewise.lm.__file__).parent.glob("*.py")):
         scope = dependency_scope(module.resolve())
         assert "profiles.py" not in scope and "cache.py" not in scope, f"{module.name} reaches {scope}"
+
+
+def _recorded_batches(monkeypatch, config, stream, directory, **kwargs):
+    """Train ``config`` and return ``{step: batch}`` of every batch it drew."""
+    from stagewise.lm import training
+
+    batches = {}
+    draw = training.training_batch
+
+    def record(config, stream, step, *generators):
+        batches[step] = draw(config, stream, step, *generators)
+        return batches[step]
+
+    monkeypatch.setattr(training, "training_batch", record)
+    train_language_model(config, stream, directory, progress=False, **kwargs)
+    monkeypatch.setattr(training, "training_batch", draw)
+    return batches
+
+
+def test_a_boosted_branch_and_its_control_draw_the_same_batches_but_the_boosted_rows(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    stream = torch.randint(0, TINY.vocab_size, (5000,), generator=torch.Generator().manual_seed(0))
+    base = replace(TINY, batch_size=8, repeated_fraction=0.25, branch=(20, 7))
+    boosted = replace(base, boost_window=(24, 30), boosted_fraction=0.75)
+    control = _recorded_batches(monkeypatch, base, stream, tmp_path / "control")
+    arm = _recorded_batches(monkeypatch, boosted, stream, tmp_path / "boosted")
+    assert sorted(control) == sorted(arm) == list(range(TINY.steps))
+    first_boosted, first_repeated = 8 - boosted.repeated_rows(24), 8 - base.repeated_rows(24)  # rows 2 and 6
+    for step in range(TINY.steps):
+        if 24 <= step < 30:
+            differ = [row for row in range(8) if not torch.equal(control[step][row], arm[step][row])]
+            assert differ == list(range(first_boosted, first_repeated)), f"step {step}: rows {differ} differ"
+        else:
+            assert torch.equal(control[step], arm[step]), f"step {step}: batches differ outside the window"
+    # the same pair without common random numbers (one generator for everything) parts after the window
+    pairs = _one_generator_batches(base, boosted, stream, steps=range(20, 40))
+    assert not any(torch.equal(a, b) for a, b in pairs[10:]), \
+        "with one generator the boosted arm's extra draws shift its later batches"
+
+
+def _one_generator_batches(first, second, stream, steps):
+    from stagewise.lm.training import training_batch
+
+    generators = [torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)]
+    return [(training_batch(first, stream, s, generators[0]),
+             training_batch(second, stream, s, generators[1])) for s in steps]
+
+
+def test_an_interrupted_branch_resumes_its_repeated_rows_stream(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from stagewise.lm import training
+
+    stream = torch.randint(0, TINY.vocab_size, (5000,), generator=torch.Generator().manual_seed(0))
+    branched = replace(TINY, repeated_fraction=0.5, branch=(8, 3))
+    whole = _recorded_batches(monkeypatch, branched, stream, tmp_path / "whole")
+    save = training._save_atomically
+
+    def interrupt_after_step_20(state, path):
+        save(state, path)
+        if state["step"] == 20:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_atomically", interrupt_after_step_20)
+    with pytest.raises(KeyboardInterrupt):
+        train_language_model(branched, stream, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(training, "_save_atomically", save)
+    resumed = _recorded_batches(monkeypatch, branched, stream, tmp_path / "resumed")
+    assert sorted(resumed) == list(range(20, TINY.steps))
+    assert all(torch.equal(whole[step], resumed[step]) for step in resumed), \
+        "the resumed run drew other batches"
+    final = [LocalCheckpoints(tmp_path / name).load(40).parameters() for name in ("whole", "resumed")]
+    assert all(torch.equal(p, q) for p, q in zip(*final))

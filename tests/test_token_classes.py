@@ -75,3 +75,16 @@ def test_byte_level_decoding_agrees_with_a_trained_tokenizer(tmp_path):
     tokenizer = train_bpe_tokenizer(texts, 300, tmp_path)
     ids = tokenizer(texts[0] + texts[1])["input_ids"]
     assert [decode_byte_level(t) for t in tokenizer.convert_ids_to_tokens(ids)] == token_strings(tokenizer, ids)
+
+
+def test_word_continuations_are_the_later_pieces_of_split_words():
+    from stagewise.lm.classes import word_continuations
+
+    strings = [" un", "believ", "able", ".", " the", " differ", "ences", "\n", "x", "2", "ab"]
+    expected = [False, True, True, False, False, False, True, False, False, False, False]
+    assert word_continuations(strings).tolist() == expected
+    # a repeated split word is an induction-pattern token at its later pieces, and those are continuations
+    ids = [5, 6, 7, 8, 5, 6, 7]
+    strings = [" foo", "bar", " =", " x", " foo", "bar", " ="]
+    induction = classify_tokens(ids, strings)[:, CLASSES.index("induction")]
+    assert (induction & word_continuations(strings)).tolist() == [False] * 5 + [True, False]

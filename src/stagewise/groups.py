@@ -14,6 +14,8 @@ Two reductions of the normalized BIF (SPEC §4), both in ``O(tokens × draws)`` 
   class's correlation with a pool of other tokens, ``ρ(A, P) ρ(B, P) / ρ(P, P)``, and sets the
   excess beside the same excess for random groups of the pool.  Under a single common factor
   the excess is 0 whatever the loadings; a term shared by the two classes alone stays.
+  :func:`class_self_test` reads a class against itself the same way, ``ρ(A, A)`` against
+  ``ρ(A, P)² / ρ(P, P)``.
   (Projecting an estimated mode out of the losses, :func:`partial_losses`, is biased for this:
   the mode's estimation error leaves high-loading classes correlated.)
 * :func:`knn_class_recall`: how often a token's most correlated neighbours vote for its own
@@ -277,6 +279,167 @@ def class_pair_test(draws: torch.Tensor, first: np.ndarray, second: np.ndarray, 
             null.append(value - prediction)
             raw.append(value)
     return ClassPairTest(entry=entry, predicted=predicted, null=np.array(null), raw_null=np.array(raw))
+
+
+def class_self_test(draws: torch.Tensor, members: np.ndarray, pool: np.ndarray | None = None,
+                    exclude_same: np.ndarray | None = None, samples: int = 200,
+                    seed: int = 0) -> ClassPairTest:
+    """A class's relation with itself, read as :func:`class_pair_test` reads two classes: the
+    class's mean correlation over pairs of its distinct tokens, ``ρ(A, A)``, against what its
+    loading on the pooled mode predicts, ``ρ(A, P)² / ρ(P, P)``, and the excess beside the same
+    excess for ``samples`` random groups of the pool of the class's size, each against the rest
+    of the pool.  A class that merely loads more (or less) on the common mode than the pool
+    stays inside the null; a component its tokens alone share puts it above.
+
+    ``members`` is a ``(n,)`` mask (or indices) of the class; ``pool`` the other tokens
+    (default: all the others); ``exclude_same`` as in :func:`group_correlation`."""
+    n = draws.shape[-1]
+    members = _token_indices(members, n, "members")
+    pool = np.setdiff1d(np.arange(n), members) if pool is None else _token_indices(pool, n, "pool")
+    return _paired_sums_self_test(_PairedSums(draws, exclude_same), members, pool, samples, seed)
+
+
+def _self_excess(matrix: np.ndarray) -> tuple[float, float]:
+    """``(entry, predicted)`` from the ``(2, 2)`` group correlation of (class, pool)."""
+    pool = matrix[1, 1]
+    return float(matrix[0, 0]), float(matrix[0, 1] ** 2 / pool if pool > 0 else 0.0)
+
+
+def _paired_sums_self_test(sums: "_PairedSums", members: np.ndarray, pool: np.ndarray, samples: int, seed: int,
+                           chunk: int = 20) -> ClassPairTest:
+    n = sums.Z.shape[0]
+    size = len(members)
+    if size < 2 or np.isin(pool, members).any() or len(pool) < size + 2:
+        raise ValueError(f"need a class of two tokens or more ({size}) and a disjoint pool larger than it "
+                         f"({len(pool)} tokens)")
+    if samples < 1:
+        raise ValueError(f"need at least one sample, got {samples}")
+    membership = np.zeros((n, 2), dtype=bool)
+    membership[members, 0], membership[pool, 1] = True, True
+    entry, predicted = _self_excess(sums(membership))
+    rng = np.random.default_rng(seed)
+    null, raw = [], []
+    for start in range(0, samples, chunk):
+        count = min(chunk, samples - start)
+        groups = np.zeros((n, 2 * count), dtype=bool)
+        for k in range(count):
+            chosen = rng.permutation(pool)
+            groups[chosen[:size], 2 * k] = True
+            groups[chosen[size:], 2 * k + 1] = True
+        matrix = sums(groups)
+        for k in range(count):
+            value, prediction = _self_excess(matrix[2 * k: 2 * k + 2, 2 * k: 2 * k + 2])
+            null.append(value - prediction)
+            raw.append(value)
+    return ClassPairTest(entry=entry, predicted=predicted, null=np.array(null), raw_null=np.array(raw))
+
+
+class _PairedSums:
+    """:func:`group_correlation` of many memberships on one set of draws: the standardized
+    losses and, when pairs with equal labels are left out, the Gram matrix ``Z Zᵀ`` restricted to
+    those pairs (sparse: block-diagonal by label), built once, so that each membership costs
+    ``O(n · A)`` beyond one ``(A, D)`` product instead of a per-label ``(G, A, D)`` sum."""
+
+    def __init__(self, draws: torch.Tensor, exclude_same: np.ndarray | None) -> None:
+        self.Z = standardized_losses(draws).double()
+        n = self.Z.shape[0]
+        self.valid = (self.Z.abs().sum(dim=1) > 0).numpy()
+        self.labels = _labels(exclude_same, n)
+        if exclude_same is None:
+            self.same = None
+            return
+        order = np.argsort(self.labels.numpy(), kind="stable")
+        bounds = np.flatnonzero(np.diff(self.labels.numpy()[order])) + 1
+        rows, cols, values = [], [], []
+        for block in np.split(order, bounds):
+            index = torch.as_tensor(block)
+            rows.append(index.repeat_interleave(len(block)))
+            cols.append(index.repeat(len(block)))
+            values.append((self.Z[index] @ self.Z[index].T).reshape(-1))
+        index = torch.stack([torch.cat(rows), torch.cat(cols)])
+        same = torch.sparse_coo_tensor(index, torch.cat(values), (n, n), check_invariants=True)
+        self.same = same.coalesce()
+
+    def __call__(self, membership: np.ndarray) -> np.ndarray:
+        """``(A, A)``: what :func:`group_correlation` gives for ``membership`` ``(n, A)``."""
+        M = torch.tensor(np.asarray(membership, dtype=bool) & self.valid[:, None], dtype=torch.float64)
+        sums = M.T @ self.Z
+        total = sums @ sums.T
+        counts = M.sum(0)
+        if self.same is None:
+            same_total = same_pairs = M.T @ M
+        else:
+            same_total = M.T @ torch.sparse.mm(self.same, M)
+            per_label = torch.zeros(int(self.labels.max()) + 1, M.shape[1], dtype=torch.float64)
+            per_label.index_add_(0, self.labels, M)
+            same_pairs = per_label.T @ per_label
+        kept = counts[:, None] * counts[None, :] - same_pairs
+        mean = (total - same_total) / kept.clamp_min(1)
+        return mean.where(kept > 0, torch.tensor(float("nan"), dtype=torch.float64)).numpy()
+
+
+def _paired_sums_pair_test(sums: _PairedSums, first: np.ndarray, second: np.ndarray, pool: np.ndarray,
+                           samples: int, seed: int, chunk: int = 20) -> ClassPairTest:
+    """:func:`class_pair_test` from :class:`_PairedSums` (the same groups, in the same order)."""
+    n = sums.Z.shape[0]
+    first, second, pool = (_token_indices(t, n, what) for t, what in ((first, "first"), (second, "second"),
+                                                                        (pool, "pool")))
+    membership = np.zeros((n, 3), dtype=bool)
+    membership[first, 0], membership[second, 1], membership[pool, 2] = True, True, True
+    sizes = (len(first), len(second))
+    entry, predicted = _one_factor_excess(sums(membership))
+    rng = np.random.default_rng(seed)
+    null, raw = [], []
+    for start in range(0, samples, chunk):
+        count = min(chunk, samples - start)
+        groups = np.zeros((n, 3 * count), dtype=bool)
+        for k in range(count):
+            chosen = rng.permutation(pool)
+            groups[chosen[: sizes[0]], 3 * k] = True
+            groups[chosen[sizes[0]: sum(sizes)], 3 * k + 1] = True
+            groups[chosen[sum(sizes):], 3 * k + 2] = True
+        matrix = sums(groups)
+        for k in range(count):
+            value, prediction = _one_factor_excess(matrix[3 * k: 3 * k + 3, 3 * k: 3 * k + 3])
+            null.append(value - prediction)
+            raw.append(value)
+    return ClassPairTest(entry=entry, predicted=predicted, null=np.array(null), raw_null=np.array(raw))
+
+
+def class_relation_tests(draws: torch.Tensor, target: np.ndarray, partners: np.ndarray,
+                         exclude_same: np.ndarray | None = None, samples: int = 200,
+                         seed: int = 0) -> list[ClassPairTest | None]:
+    """One class against itself and against each of several others, every entry read against
+    the loading-aware null: ``[self, partner 0, partner 1, …]``.
+
+    ``target`` is a ``(n,)`` mask; ``partners`` ``(n, A)`` masks of the other classes, which may
+    overlap the target (classes are not exclusive): each partner is read without the target's
+    tokens, against a pool of tokens in neither.  The class with itself is what
+    :func:`class_self_test` gives against the tokens outside it; the others what
+    :func:`class_pair_test` gives (the same numbers, computed once for all the tests on these
+    draws).  ``None`` where a class is too small to be read (fewer than two target tokens, or no
+    partner token outside the target)."""
+    target = np.asarray(target, dtype=bool)
+    partners = np.asarray(partners, dtype=bool)
+    n = draws.shape[-1]
+    if target.shape != (n,) or partners.ndim != 2 or partners.shape[0] != n:
+        raise ValueError(f"need a ({n},) target mask and ({n}, A) partner masks, "
+                         f"got {target.shape} and {partners.shape}")
+    if samples < 1:
+        raise ValueError(f"need at least one sample, got {samples}")
+    sums = _PairedSums(draws, exclude_same)
+    tests: list[ClassPairTest | None] = [None]
+    if target.sum() >= 2 and (~target).sum() >= target.sum() + 2:
+        tests[0] = _paired_sums_self_test(sums, np.flatnonzero(target), np.flatnonzero(~target), samples, seed)
+    for a in range(partners.shape[1]):
+        partner = partners[:, a] & ~target
+        pool = ~(target | partners[:, a])
+        ok = target.any() and partner.any() and pool.sum() >= target.sum() + partner.sum() + 2
+        if not ok:
+            tests.append(None)
+            continue
+        tests.append(_paired_sums_pair_test(sums, target, partner, pool, samples, seed + 1 + a))
+    return tests
 
 
 def same_label_pair_share(membership: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -15,6 +15,10 @@ Classes are neither exhaustive nor exclusive: a token may have none or several.
   the reverse), and otherwise only punctuation: ``(``, ``[``, ``((``, ``):`` and ``})`` count,
   ``()`` and ``f(`` do not.
 
+The induction pattern also holds for the later pieces of a word split into several tokens
+whenever the word occurred before in the sequence: :func:`word_continuations` marks those
+pieces, so that the class can be read without them.
+
 Strings are the decoded text of each token; GPT-2/Pythia byte-level vocabulary entries
 (``Ġ`` for a space, ``Ċ`` for a newline) are turned into text with :func:`decode_byte_level`.
 """
@@ -105,3 +109,12 @@ def classify_tokens(ids: Sequence[int], strings: Sequence[str]) -> np.ndarray:
             member[k, induction] = bigram in seen_bigrams
             seen_bigrams.add(bigram)
     return member
+
+
+def word_continuations(strings: Sequence[str]) -> np.ndarray:
+    """``(n,)`` booleans: the tokens that continue a word begun by the token before them (no
+    space between, letters on both sides, as the word classes glue tokens into words): every
+    piece of a split word but its first.  An induction-pattern token that is one of them may be
+    predicted by completing a word the tokenizer split, not only by copying from context."""
+    return np.array([k >= 1 and _continues_word(strings[k - 1], strings[k]) for k in range(len(strings))],
+                    dtype=bool)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from stagewise.lm.classes import word_continuations
+from stagewise.lm.tokenizer import token_strings
 from stagewise.lm.training import LMConfig, token_losses, training_batch
 
 PROBE_GROUPS: tuple[str, ...] = ("non-repeated", "repeated")
@@ -64,6 +66,42 @@ def training_mix_sequences(model: LMConfig, stream: torch.Tensor, count: int, le
     for SGLD on the training mix rather than on natural text."""
     mix = replace(model, context=length - 1, batch_size=count, boost_window=None, branch=None)
     return training_batch(mix, stream, 0, torch.Generator().manual_seed(seed))
+
+
+def stacked_observables(*sets: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    """Sets of observable sequences, each ``(M_k, L_k)`` token ids, as one ``(ΣM_k, max L_k)``
+    batch, every row padded on the right with ``pad_id``: a causal model's losses on a row's own
+    targets do not see the padding, so one SGLD run records the losses of every set (undo with
+    :func:`split_observable_draws`)."""
+    if not sets or any(ids.ndim != 2 or ids.shape[1] < 2 for ids in sets):
+        shapes = [tuple(ids.shape) for ids in sets]
+        raise ValueError(f"need one or more (M, L >= 2) sets of sequences, got shapes {shapes}")
+    length = max(ids.shape[1] for ids in sets)
+    return torch.cat([torch.nn.functional.pad(ids, (0, length - ids.shape[1]), value=pad_id) for ids in sets])
+
+
+def split_observable_draws(draws: torch.Tensor, *sets: torch.Tensor) -> list[torch.Tensor]:
+    """Per-token loss draws of :func:`stacked_observables` (``(..., ΣM_k·(max L − 1))``, in the
+    order of :func:`token_losses` flattened) split back into the sets: ``(..., M_k·(L_k − 1))``
+    each, the padded targets dropped."""
+    length = max(ids.shape[1] for ids in sets)
+    rows = sum(ids.shape[0] for ids in sets)
+    if draws.shape[-1] != rows * (length - 1):
+        raise ValueError(f"draws hold {draws.shape[-1]} tokens; the sets stack to {rows} rows "
+                         f"of {length - 1} targets")
+    grid = draws.reshape(*draws.shape[:-1], rows, length - 1)
+    parts, start = [], 0
+    for ids in sets:
+        count, targets = ids.shape
+        parts.append(grid[..., start : start + count, : targets - 1].reshape(*draws.shape[:-1], -1))
+        start += count
+    return parts
+
+
+def target_word_continuations(tokenizer, ids: torch.Tensor) -> np.ndarray:
+    """:func:`~stagewise.lm.classes.word_continuations` of the target tokens of ``ids`` (positions
+    1…L−1 of each row, in the order of :func:`token_losses` flattened): ``(M·(L−1),)`` booleans."""
+    return np.concatenate([word_continuations(token_strings(tokenizer, row))[1:] for row in ids.tolist()])
 
 
 def _model_device(model: torch.nn.Module, fallback: torch.device) -> torch.device:

@@ -6,8 +6,12 @@ mild boost (a few more repeated sequences per batch, for ``length`` steps) start
 several steps before and through the formation window.  Every arm branches from the baseline
 run's kept state at the start of its window, so it shares the baseline's batches up to its
 window; beside every boosted arm an unboosted control branches at the same start with the same
-data seed (it shares the arm's batches until the first boosted step, after which the boosted
-batches draw more repeated rows and the streams part).  Pairing at every start matters: all
+data seed, and the two draw the same batches except the rows the boost turns into repeated
+sequences (common random numbers, :attr:`~stagewise.lm.training.LMConfig.branch`): the
+pair's difference is the boost's effect plus the two models' own divergence, not the noise of
+two independent streams of batches.  :func:`unpaired_profile` sets every boosted arm against
+the control of another seed instead, which shares no batch with it: the interval an
+independent-batches design would give, from the same runs.  Pairing at every start matters: all
 seeds of a start continue one realisation of the baseline, so a control branched at the
 earliest start only would leave the baseline's own variation between the starts out of the
 seeds' spread.  The outcome is the step at which a *late* level of the best head's induction
@@ -154,6 +158,37 @@ def scan_profile(starts: Sequence[int], control_events: np.ndarray, boosted_even
                        slope=float(slopes.mean()), slope_interval=(float(slope_low), float(slope_high)))
 
 
+def unpaired_profile(starts: Sequence[int], control_events: np.ndarray, boosted_events: np.ndarray,
+                     extra_sequences: int, shift: int = 1, confidence: float = 0.9) -> ScanProfile:
+    """:func:`scan_profile` with the boosted arm of seed ``k`` set against the control of seed
+    ``k + shift`` (cyclically) at the same start, instead of its own: an arm and a control that
+    branch from the same state but share none of their batches, as in a design without common
+    random numbers.  ``shift`` must not be a multiple of the number of seeds."""
+    seeds = np.asarray(control_events).shape[-1]
+    if seeds < 2 or shift % seeds == 0:
+        raise ValueError(f"a shift of {shift} pairs every arm with its own control among {seeds} seeds")
+    return scan_profile(starts, np.roll(np.asarray(control_events), -shift, axis=1), boosted_events,
+                        extra_sequences, confidence)
+
+
+def interval_width_ratio(paired: ScanProfile, unpaired: Sequence[ScanProfile]) -> tuple[float, float]:
+    """How much wider the intervals are without the pairing: the mean over ``unpaired``
+    (:func:`unpaired_profile`, e.g. one per shift) of their width divided by ``paired``'s, for
+    the slope's interval and for the per-window means' intervals (averaged over windows);
+    ``nan`` where a paired interval has no width (every saving equal, e.g. all 0)."""
+    if not unpaired:
+        raise ValueError("need at least one unpaired profile")
+    width = lambda interval: np.diff(np.asarray(interval, dtype=float), axis=-1)[..., 0]  # noqa: E731
+
+    def ratio(unpaired_width: np.ndarray, paired_width: np.ndarray) -> np.ndarray:
+        positive = paired_width > 0
+        return np.where(positive, unpaired_width / np.where(positive, paired_width, 1), np.nan)
+
+    slope = np.mean([ratio(width(u.slope_interval), width(paired.slope_interval)) for u in unpaired])
+    means = np.mean([np.mean(ratio(width(u.interval), width(paired.interval))) for u in unpaired])
+    return float(slope), float(means)
+
+
 def boost_scan(run: LanguageModelRun, scan: BoostScan, probe: torch.Tensor, progress: bool = True) -> ScanResult:
     """Train every boosted arm of ``scan`` and its paired unboosted control, for every seed (each
     cached as a run), and measure induction on ``probe`` at their checkpoints.  ``run`` must have kept its training
@@ -175,7 +210,7 @@ def boost_scan(run: LanguageModelRun, scan: BoostScan, probe: torch.Tensor, prog
 
     def arm(start: int, seed: int, window: tuple[int, int] | None) -> InductionCurves:
         # the branch seed depends on the start, so arms of different starts do not reuse one stream
-        # of batches, while an arm and its control (same start and seed) share theirs
+        # of batches, while an arm and its control (same start and seed) share theirs but the boosted rows
         config = replace(model, steps=scan.stop, checkpoint_interval=scan.checkpoint_interval,
                          branch=(start, 1000 * seed + start // model.checkpoint_interval),
                          boost_window=window, boosted_fraction=scan.boosted_fraction if window else 0.0)

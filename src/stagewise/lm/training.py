@@ -55,7 +55,12 @@ class LMConfig:
     boosted_fraction: float = 0.0
     branch: tuple[int, int] | None = None
     """``(step, seed)``: at ``step`` the data are reseeded with ``seed``, so runs that differ
-    only in their branch share everything before ``step`` and see independent data after it."""
+    only in their branch share everything before ``step`` and see independent data after it.
+    From the branch on, the natural-text windows and the repeated rows come from two generators
+    (:func:`repeated_rows_generator`), each drawing a fixed amount a step: two runs with the same
+    branch that differ only in their share of repeated rows (a boost window and its control)
+    draw the same batches, except the rows the boost turns into repeated sequences (common
+    random numbers)."""
 
     def __post_init__(self) -> None:
         if self.hidden % self.heads:
@@ -131,6 +136,18 @@ def state_path(directory: Path, step: int) -> Path:
     return directory / f"state-step{step}.pt"
 
 
+REPEATED_STREAM = 1
+"""Key of the repeated rows' stream of a branched run, beside its branch seed."""
+
+
+def repeated_rows_generator(branch_seed: int) -> torch.Generator:
+    """The generator of a branched run's repeated rows from its branch step on: seeded from
+    ``(branch_seed, REPEATED_STREAM)``, a stream independent of the natural-text windows', which
+    the branch seed itself seeds."""
+    state = np.random.SeedSequence([branch_seed, REPEATED_STREAM]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state >> np.uint64(1)))
+
+
 def train_language_model(config: LMConfig, stream: torch.Tensor, directory: str | Path, progress: bool = True,
                          keep_states: bool = False, parent: Path | None = None,
                          device: str | torch.device = "cpu") -> Path:
@@ -154,6 +171,7 @@ def train_language_model(config: LMConfig, stream: torch.Tensor, directory: str 
                                   weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: config.learning_rate_factor(s))
     generator = torch.Generator().manual_seed(config.seed)
+    repeats = None  # a branched run's second generator, for its repeated rows from the branch step on
     start = 0
     resume = directory / "resume.pt"
     if not resume.exists() and config.branch is not None and parent is not None:
@@ -166,6 +184,9 @@ def train_language_model(config: LMConfig, stream: torch.Tensor, directory: str 
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         generator.set_state(state["generator"].cpu())
+        if state.get("repeated_generator") is not None:
+            repeats = torch.Generator()
+            repeats.set_state(state["repeated_generator"].cpu())
         start = state["step"]
     branch_step, branch_seed = config.branch if config.branch is not None else (None, None)
     saves = set(checkpoint_schedule(config.steps, config.checkpoint_interval, branch_step))
@@ -177,6 +198,7 @@ def train_language_model(config: LMConfig, stream: torch.Tensor, directory: str 
             model.save_pretrained(directory / f"step{step}")
             _save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                               "schedule": schedule.state_dict(), "generator": generator.get_state(),
+                              "repeated_generator": None if repeats is None else repeats.get_state(),
                               "step": step}, resume)
             if keep_states and step % config.checkpoint_interval == 0:
                 shutil.copyfile(resume, state_path(directory, step))
@@ -184,7 +206,8 @@ def train_language_model(config: LMConfig, stream: torch.Tensor, directory: str 
             break
         if step == branch_step:
             generator.manual_seed(branch_seed)
-        batch = training_batch(config, stream, step, generator).to(device)
+            repeats = repeated_rows_generator(branch_seed)
+        batch = training_batch(config, stream, step, generator, repeats).to(device)
         loss = model(input_ids=batch, labels=batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -197,23 +220,42 @@ def train_language_model(config: LMConfig, stream: torch.Tensor, directory: str 
     return directory
 
 
-def training_batch(config: LMConfig, stream: torch.Tensor, step: int, generator: torch.Generator) -> torch.Tensor:
+def training_batch(config: LMConfig, stream: torch.Tensor, step: int, generator: torch.Generator,
+                   repeated_generator: torch.Generator | None = None) -> torch.Tensor:
     """The ``(batch_size, context + 1)`` batch of ``step``: random windows of ``stream``, the last
     :meth:`LMConfig.repeated_rows` of them replaced by a random segment of random tokens repeated
     to fill the row.  The segment length varies (8 up to half the row), so only copying by
     content, not by a fixed offset, predicts the repeats.  Before a boost window the draws are
     those of the unboosted run, so runs that differ only in their window share every checkpoint
-    before it."""
+    before it.
+
+    Without ``repeated_generator`` one ``generator`` draws everything, and how much it draws
+    depends on the number of repeated rows.  With it, ``generator`` draws the windows only and
+    ``repeated_generator`` a segment and a period for every row of the batch, whatever the number
+    of repeated rows, of which the last rows use theirs: two runs that differ only in that number
+    draw the same batch except the rows one of them repeats and the other does not."""
     offsets = torch.randint(0, len(stream) - config.context - 1, (config.batch_size,), generator=generator)
     batch = torch.stack([stream[o : o + config.context + 1] for o in offsets.tolist()])
     repeated = config.repeated_rows(step)
-    if repeated:
-        length = config.context + 1
-        periods = torch.randint(min(8, length // 2), length // 2 + 1, (repeated,), generator=generator).tolist()
+    length = config.context + 1
+    shortest, rows = min(8, length // 2), range(config.batch_size - repeated, config.batch_size)
+    if repeated_generator is not None:
+        periods = torch.randint(shortest, length // 2 + 1, (config.batch_size,), generator=repeated_generator)
+        segments = torch.randint(config.vocab_size, (config.batch_size, length // 2),
+                                 generator=repeated_generator)
+        _fill_repeated(batch, rows, segments[rows.start:], periods[rows.start:].tolist())
+    elif repeated:
+        periods = torch.randint(shortest, length // 2 + 1, (repeated,), generator=generator).tolist()
         segments = torch.randint(config.vocab_size, (repeated, length // 2), generator=generator)
-        for row, (segment, period) in enumerate(zip(segments, periods), start=config.batch_size - repeated):
-            batch[row] = segment[:period].repeat(math.ceil(length / period))[:length]
+        _fill_repeated(batch, rows, segments, periods)
     return batch
+
+
+def _fill_repeated(batch: torch.Tensor, rows: range, segments: torch.Tensor, periods: list[int]) -> None:
+    """Rows ``rows`` of ``batch`` become ``segments[k][:periods[k]]`` repeated to fill the row."""
+    length = batch.shape[1]
+    for row, segment, period in zip(rows, segments, periods):
+        batch[row] = segment[:period].repeat(math.ceil(length / period))[:length]
 
 
 LOGITS_PER_CHUNK = 2**24
