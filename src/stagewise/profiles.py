@@ -75,6 +75,9 @@ class ToySizes:
     """The step-size bias uses every ``bias_stride``-th checkpoint."""
     calibration_stride: int
     """:func:`stagewise.calibrate` chooses the step size at every ``calibration_stride``-th checkpoint."""
+    calibration_chains: int
+    """Chains per checkpoint for the calibration (more than the trajectory's: they only sharpen the
+    comparison between steps, and cost little in one batch; the step does not depend on them)."""
     bif_seeds: int
     """Independent seeds of the BIF trajectory, to tell Monte Carlo noise from bias."""
     lds_subsets: int
@@ -207,12 +210,12 @@ PROFILES: dict[str, Profile] = {
         seed=1,
         theory=TheorySizes(n_grid=60, mc_sizes=5, mc_draws=40_000),
         toy=ToySizes(
-            checkpoints=101, bif_chains=4, bif_draws=800,
+            checkpoints=101, bif_chains=4, bif_draws=2000,
             sweep_stride=10, sweep_chains=2, sweep_draws=200,
             sweep_epsilons=(1e-5, 1e-3), sweep_nbetas=(1000, 5000), sweep_gammas=(1000, 5000),
             sweep_plain_epsilons=(1e-4, 1e-3), sweep_stabilities=(0.1, 1.0), sweep_decays=(0.99,),
             classical_stride=4, gaussian_stride=4, bias_epsilons=(3e-5, 3e-6), bias_stride=20,
-            calibration_stride=20, bif_seeds=2,
+            calibration_stride=20, calibration_chains=16, bif_seeds=2,
             lds_subsets=70, lds_null_samples=50,
         ),
         lm=LanguageModelSizes(
@@ -247,7 +250,7 @@ PROFILES: dict[str, Profile] = {
             sweep_gammas=(1, 100, 1000, 5000, 20_000, 1e6), sweep_plain_epsilons=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
             sweep_stabilities=(1e-4, 1e-3, 1e-2, 0.1, 1.0), sweep_decays=(0.8, 0.9, 0.95, 0.99),
             classical_stride=4, gaussian_stride=2, bias_epsilons=(3e-5, 1e-5, 3e-6, 1e-6), bias_stride=16,
-            calibration_stride=40, bif_seeds=3, lds_subsets=70,
+            calibration_stride=40, calibration_chains=16, bif_seeds=3, lds_subsets=70,
         ),
         lm=LanguageModelSizes(
             vocab_size=2048, hidden=128, layers=6, intermediate=512, context=64, steps=3000, batch_size=16,
@@ -283,7 +286,7 @@ PROFILES: dict[str, Profile] = {
             sweep_plain_epsilons=(1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
             sweep_stabilities=(1e-4, 1e-3, 1e-2, 0.1, 0.3, 1.0), sweep_decays=(0.8, 0.9, 0.95, 0.99),
             classical_stride=2, gaussian_stride=1, bias_epsilons=(3e-5, 1e-5, 3e-6, 1e-6, 3e-7), bias_stride=8,
-            calibration_stride=80, bif_seeds=5, lds_subsets=70,
+            calibration_stride=80, calibration_chains=32, bif_seeds=5, lds_subsets=70,
         ),
         lm=LanguageModelSizes(
             vocab_size=4096, hidden=128, layers=6, intermediate=512, context=256, steps=20_000, batch_size=32,

@@ -10,6 +10,8 @@ then reads::
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -56,11 +58,12 @@ what is sampled; :func:`calibration` chooses how finely (the step size)."""
 def calibration(run: ToyExperiment | None = None) -> Calibration:
     """:func:`stagewise.calibrate` on the toy network (cached): the library's default grid of
     step sizes at :data:`POSTERIOR`, at every ``calibration_stride``-th checkpoint, with the
-    profile's chains and draws for the BIF trajectory and the warm-up found from the trace."""
+    profile's ``calibration_chains`` and the BIF trajectory's draws, the warm-up found from the
+    trace."""
     run = run or experiment()
     toy = sizes()
     where = device()
-    settings = {"chains": toy.bif_chains, "draws": toy.bif_draws}
+    settings = {"chains": toy.calibration_chains, "draws": toy.bif_draws}
     key = {"training": run.config, "checkpoints": len(run.epochs), "stride": toy.calibration_stride,
            "posterior": POSTERIOR, "settings": settings, "device": where.type}
     rank, _ = rank_and_size()
@@ -71,9 +74,9 @@ def calibration(run: ToyExperiment | None = None) -> Calibration:
 
 def bif_setting(run: ToyExperiment | None = None) -> SGLDConfig:
     """Chapter 3's SGLD setting for the BIF trajectory: :data:`POSTERIOR` at the step chosen by
-    :func:`calibration`, with the profile's chains and draws and the warm-up found from the
-    trace (``burn_in=None``)."""
-    return calibration(run).config
+    :func:`calibration`, with the profile's chains (``bif_chains``) and draws and the warm-up
+    found from the trace (``burn_in=None``)."""
+    return replace(calibration(run).config, chains=sizes().bif_chains)
 
 
 def training_config() -> TrainingConfig:
