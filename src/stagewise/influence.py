@@ -461,7 +461,7 @@ def calibrate(
     >>> fit = {"weight": torch.linalg.lstsq(x, y).solution.T}
     >>> loss = lambda m, batch: 0.5 * ((m(batch[0]) - batch[1]) ** 2).sum(-1)
     >>> calibration = calibrate(model, loss, (x, y), [fit], nbeta=32, gamma=10,
-    ...                         epsilons=[0.04, 0.02, 0.01, 0.005], chains=16, draws=500,
+    ...                         epsilons=[0.04, 0.02, 0.01, 0.005], chains=128, draws=500,
     ...                         preconditioner="none", progress=False)
     >>> calibration.config.epsilon < 0.04   # the largest step is biased
     True
