@@ -79,11 +79,9 @@ def test_architecture_matches_pythia_14m():
     assert config.rope_parameters["partial_rotary_factor"] == 0.25 and config.use_parallel_residual
 
 
-def test_training_resumes_after_an_interruption(tmp_path, monkeypatch):
+def _train_until_interrupted_at_step_20(monkeypatch, config, stream, directory):
+    """Train until the state of step 20 is saved, then stop as Ctrl-C would; saving is restored after."""
     from stagewise.lm import training
-
-    stream = torch.randint(0, TINY.vocab_size, (5000,))
-    whole = train_language_model(TINY, stream, tmp_path / "whole", progress=False)
 
     save = training._save_atomically
 
@@ -94,9 +92,16 @@ def test_training_resumes_after_an_interruption(tmp_path, monkeypatch):
 
     monkeypatch.setattr(training, "_save_atomically", interrupt_after_step_20)
     with pytest.raises(KeyboardInterrupt):
-        train_language_model(TINY, stream, tmp_path / "resumed", progress=False)
-    assert not (tmp_path / "resumed" / "step40").exists()
+        train_language_model(config, stream, directory, progress=False)
     monkeypatch.setattr(training, "_save_atomically", save)
+
+
+def test_training_resumes_after_an_interruption(tmp_path, monkeypatch):
+    stream = torch.randint(0, TINY.vocab_size, (5000,))
+    whole = train_language_model(TINY, stream, tmp_path / "whole", progress=False)
+
+    _train_until_interrupted_at_step_20(monkeypatch, TINY, stream, tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / "step40").exists()
     train_language_model(TINY, stream, tmp_path / "resumed", progress=False)
 
     assert LocalCheckpoints(whole).steps == [0, 1, 2, 4, 8, 16, 20, 32, 40]
@@ -334,22 +339,10 @@ def _one_generator_batches(first, second, stream, steps):
 def test_an_interrupted_branch_resumes_its_repeated_rows_stream(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    from stagewise.lm import training
-
     stream = torch.randint(0, TINY.vocab_size, (5000,), generator=torch.Generator().manual_seed(0))
     branched = replace(TINY, repeated_fraction=0.5, branch=(8, 3))
     whole = _recorded_batches(monkeypatch, branched, stream, tmp_path / "whole")
-    save = training._save_atomically
-
-    def interrupt_after_step_20(state, path):
-        save(state, path)
-        if state["step"] == 20:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training, "_save_atomically", interrupt_after_step_20)
-    with pytest.raises(KeyboardInterrupt):
-        train_language_model(branched, stream, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(training, "_save_atomically", save)
+    _train_until_interrupted_at_step_20(monkeypatch, branched, stream, tmp_path / "resumed")
     resumed = _recorded_batches(monkeypatch, branched, stream, tmp_path / "resumed")
     assert sorted(resumed) == list(range(20, TINY.steps))
     assert all(torch.equal(whole[step], resumed[step]) for step in resumed), \

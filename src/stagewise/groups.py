@@ -226,6 +226,30 @@ def _one_factor_excess(matrix: np.ndarray) -> tuple[float, float]:
     return float(matrix[0, 1]), float(predicted)
 
 
+def _pair_null(correlate, n: int, pool: np.ndarray, sizes: tuple[int, int], samples: int, seed: int,
+               chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """The random-groups null of :func:`class_pair_test`: ``samples`` times, the pool shuffled into
+    two groups of ``sizes`` and a pool of the rest; ``correlate`` maps ``(n, 3k)`` memberships to
+    their ``(3k, 3k)`` group correlation.  Returns the excess over the one-factor prediction and the
+    raw entry of every sample."""
+    rng = np.random.default_rng(seed)
+    null, raw = [], []
+    for start in range(0, samples, chunk):
+        count = min(chunk, samples - start)
+        groups = np.zeros((n, 3 * count), dtype=bool)
+        for k in range(count):
+            chosen = rng.permutation(pool)
+            groups[chosen[: sizes[0]], 3 * k] = True
+            groups[chosen[sizes[0]: sum(sizes)], 3 * k + 1] = True
+            groups[chosen[sum(sizes):], 3 * k + 2] = True
+        matrix = correlate(groups)
+        for k in range(count):
+            value, prediction = _one_factor_excess(matrix[3 * k: 3 * k + 3, 3 * k: 3 * k + 3])
+            null.append(value - prediction)
+            raw.append(value)
+    return np.array(null), np.array(raw)
+
+
 def class_pair_test(draws: torch.Tensor, first: np.ndarray, second: np.ndarray, pool: np.ndarray | None = None,
                     exclude_same: np.ndarray | None = None, samples: int = 200, seed: int = 0,
                     chunk: int = 20) -> ClassPairTest:
@@ -263,22 +287,9 @@ def class_pair_test(draws: torch.Tensor, first: np.ndarray, second: np.ndarray, 
         raise ValueError(f"need at least one sample, got {samples}")
     Z = standardized_losses(draws).double()
     entry, predicted = _one_factor_excess(_group_correlation(Z, membership, exclude_same))
-    rng = np.random.default_rng(seed)
-    null, raw = [], []
-    for start in range(0, samples, chunk):
-        count = min(chunk, samples - start)
-        groups = np.zeros((n, 3 * count), dtype=bool)
-        for k in range(count):
-            chosen = rng.permutation(pool)
-            groups[chosen[: sizes[0]], 3 * k] = True
-            groups[chosen[sizes[0]: sum(sizes)], 3 * k + 1] = True
-            groups[chosen[sum(sizes):], 3 * k + 2] = True
-        matrix = _group_correlation(Z, groups, exclude_same)
-        for k in range(count):
-            value, prediction = _one_factor_excess(matrix[3 * k: 3 * k + 3, 3 * k: 3 * k + 3])
-            null.append(value - prediction)
-            raw.append(value)
-    return ClassPairTest(entry=entry, predicted=predicted, null=np.array(null), raw_null=np.array(raw))
+    null, raw = _pair_null(lambda groups: _group_correlation(Z, groups, exclude_same), n, pool, sizes,
+                           samples, seed, chunk)
+    return ClassPairTest(entry=entry, predicted=predicted, null=null, raw_null=raw)
 
 
 def class_self_test(draws: torch.Tensor, members: np.ndarray, pool: np.ndarray | None = None,
@@ -388,22 +399,8 @@ def _paired_sums_pair_test(sums: _PairedSums, first: np.ndarray, second: np.ndar
     membership[first, 0], membership[second, 1], membership[pool, 2] = True, True, True
     sizes = (len(first), len(second))
     entry, predicted = _one_factor_excess(sums(membership))
-    rng = np.random.default_rng(seed)
-    null, raw = [], []
-    for start in range(0, samples, chunk):
-        count = min(chunk, samples - start)
-        groups = np.zeros((n, 3 * count), dtype=bool)
-        for k in range(count):
-            chosen = rng.permutation(pool)
-            groups[chosen[: sizes[0]], 3 * k] = True
-            groups[chosen[sizes[0]: sum(sizes)], 3 * k + 1] = True
-            groups[chosen[sum(sizes):], 3 * k + 2] = True
-        matrix = sums(groups)
-        for k in range(count):
-            value, prediction = _one_factor_excess(matrix[3 * k: 3 * k + 3, 3 * k: 3 * k + 3])
-            null.append(value - prediction)
-            raw.append(value)
-    return ClassPairTest(entry=entry, predicted=predicted, null=np.array(null), raw_null=np.array(raw))
+    null, raw = _pair_null(sums, n, pool, sizes, samples, seed, chunk)
+    return ClassPairTest(entry=entry, predicted=predicted, null=null, raw_null=raw)
 
 
 def class_relation_tests(draws: torch.Tensor, target: np.ndarray, partners: np.ndarray,
