@@ -94,13 +94,17 @@ def experiment(config: TrainingConfig | None = None, checkpoints: int | None = N
                   lambda: run_toy_experiment(config, count, device=device()), depends_on=run_toy_experiment)
 
 
-def bif_trajectory(run: ToyExperiment, config: SGLDConfig, stride: int = 1, progress: bool = True) -> BIFTrajectory:
+def bif_trajectory(run: ToyExperiment, config: SGLDConfig, stride: int = 1, progress: bool = True,
+                   step_check: bool = False) -> BIFTrajectory:
     """:meth:`ToyExperiment.bif_trajectory` on the chapters' device, cached by configuration
     (and device type: CPU and GPU random streams differ)."""
     where = device()
     key = {"training": run.config, "checkpoints": len(run.epochs), "stride": stride, "sgld": config, "device": where.type}
+    if step_check:
+        key["step_check"] = True    # only then, so that the caches of runs without one stay valid
     rank, _ = rank_and_size()
-    return cached("toy-bif", key, lambda: run.bif_trajectory(config, stride, progress=progress and rank == 0, device=where),
+    return cached("toy-bif", key, lambda: run.bif_trajectory(config, stride, progress=progress and rank == 0, device=where,
+                                                            step_check=step_check),
                   depends_on=toy_experiment)
 
 

@@ -94,15 +94,16 @@ class ToyExperiment:
                              progress=progress, device=device, on_divergence=on_divergence)
 
     def bif_trajectory(self, config: SGLDConfig, stride: int = 1, progress: bool = True,
-                       device: torch.device | str | None = None) -> BIFTrajectory:
+                       device: torch.device | str | None = None, step_check: bool = False) -> BIFTrajectory:
         """The BIF of every item on every item at every ``stride``-th checkpoint, with the LLC
         and the chains' health (:func:`stagewise.influence.bif_trajectory`): ``bif`` is
         ``(K, 8, 8)`` in the order ``(checkpoint, source, query)``.  Each checkpoint's chains
         draw from the streams of its index in the full trajectory, so a strided run samples
-        what the full run samples at the same checkpoints."""
+        what the full run samples at the same checkpoints.  ``step_check``: also at half the
+        step (twice the draws), with the change in ``step_change``."""
         model, data, checkpoints, indices = self._sampling_inputs(stride)
         return bif_trajectory(model, item_loss, data, checkpoints, config, device=device,
-                              checkpoint_indices=indices, progress=progress)
+                              checkpoint_indices=indices, progress=progress, step_check=step_check)
 
     def calibrate(self, stride: int, *, nbeta: float, gamma: float, progress: bool = True,
                   device: torch.device | str | None = None, **settings) -> Calibration:
