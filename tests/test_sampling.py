@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from stagewise import bif_trajectory, local_bif
-from stagewise.influence import bif_matrix, chain_rhat, local_learning_coefficient, trace_correlation
+from stagewise.influence import at_equal_travel, bif_matrix, chain_rhat, local_learning_coefficient, trace_correlation
 from stagewise.sampling import SamplerDivergence, SGLDConfig, SGLDState, sample_losses, sgld_init, sgld_update
 
 
@@ -64,6 +66,28 @@ def test_checkpoints_are_sampled_together_and_deterministically():
     torch.testing.assert_close(first.initial_loss, torch.stack([rows.sum(1) * 0, rows.sum(1)]).mean(1))
 
 
+def test_thinned_chains_record_every_thin_th_step_of_the_same_chain():
+    model = nn.Linear(3, 2).double()
+    x, y = torch.randn(10, 3, dtype=torch.float64), torch.randn(10, 2, dtype=torch.float64)
+    per_token = lambda m, batch: (m(batch[0]) - batch[1]) ** 2
+    every = SGLDConfig(epsilon=1e-3, nbeta=10.0, gamma=100.0, chains=2, draws=30, batch_size=4, burn_in=5, seed=3)
+    thinned = replace(every, draws=10, thin=3)     # the same 35 steps
+    runs = [sample_losses(model, per_token, (x, y), config, (x[:2], y[:2]),
+                          progress=False) for config in (every, thinned)]
+    assert runs[1].observables.shape == (1, 2, 10, 4)
+    torch.testing.assert_close(runs[1].observables, runs[0].observables[:, :, ::3])
+    torch.testing.assert_close(runs[1].loss_trace, runs[0].loss_trace[:, :, ::3])
+    assert not torch.equal(runs[0].observables[:, :, 1], runs[0].observables[:, :, 0])   # the steps between moved
+
+
+def test_equal_travel_scales_the_draws_or_the_thinning():
+    config = SGLDConfig(epsilon=1e-3, nbeta=10.0, gamma=100.0, draws=40, burn_in=20)
+    half = at_equal_travel(config, 5e-4)
+    assert (half.draws, half.thin, half.burn_in) == (80, 1, 40)
+    half = at_equal_travel(replace(config, thin=4), 5e-4)
+    assert (half.draws, half.thin, half.burn_in) == (40, 8, 40)
+
+
 def test_minibatches_and_per_token_losses():
     model = nn.Linear(3, 2)
     x, y = torch.randn(10, 3), torch.randn(10, 2)
@@ -91,7 +115,8 @@ def test_one_by_one_evaluation_draws_what_vmap_draws():
     "change, message",
     [({"epsilon": 0.0}, "epsilon"), ({"epsilon": float("nan")}, "epsilon"), ({"nbeta": -1.0}, "nbeta"),
      ({"gamma": -1.0}, "gamma"), ({"chains": 1}, "chains"), ({"draws": 1}, "draws"),
-     ({"batch_size": 0}, "batch_size"), ({"decay": 1.0}, "decay"), ({"stability": 0.0}, "stability")],
+     ({"batch_size": 0}, "batch_size"), ({"decay": 1.0}, "decay"), ({"stability": 0.0}, "stability"),
+     ({"thin": 0}, "thin")],
 )
 def test_invalid_hyperparameters_are_named(change, message):
     settings = dict(epsilon=1e-3, nbeta=10.0, gamma=1.0)

@@ -303,11 +303,15 @@ def local_bif(
 
 
 def at_equal_travel(config: SGLDConfig, epsilon: float) -> SGLDConfig:
-    """``config`` at the smaller step ``epsilon``, with draws (and a fixed burn-in) scaled by
-    ``config.epsilon / epsilon`` so that a chain covers the same ``ε × steps``: compared at
-    equal draws, a smaller step mixes worse and its estimates differ by more than the bias."""
+    """``config`` at the smaller step ``epsilon``, with its steps (and a fixed burn-in) scaled
+    by ``config.epsilon / epsilon`` so that a chain covers the same ``ε × steps``: compared at
+    equal draws, a smaller step mixes worse and its estimates differ by more than the bias.
+    The draws are scaled, or, for a thinned chain (``thin`` > 1), the thinning: as many draws,
+    as far apart in travel, for no more evaluations of the losses."""
     scale = config.epsilon / epsilon
     burn_in = None if config.burn_in is None else int(round(config.burn_in * scale))
+    if config.thin > 1:
+        return replace(config, epsilon=epsilon, thin=int(round(config.thin * scale)), burn_in=burn_in)
     return replace(config, epsilon=epsilon, draws=int(round(config.draws * scale)), burn_in=burn_in)
 
 

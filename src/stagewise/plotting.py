@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import matplotlib as mpl
+import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 # Colour-blind-safe qualitative palette (Okabe & Ito 2008).
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
@@ -31,3 +36,28 @@ def use_style() -> None:
 def mark_transition(ax: Axes, x: float, label: str | None = None) -> None:
     """Draw a dashed vertical line at a transition ``x`` (e.g. the critical dataset size)."""
     ax.axvline(x, color="0.35", linestyle="--", linewidth=1, label=label)
+
+
+def plot_chain_traces(runs: Mapping[int, Any], columns: int = 4) -> Figure:
+    """One panel per checkpoint (``runs``: step -> :class:`stagewise.lm.TokenDraws`): every chain's
+    observables' mean loss (solid) and minibatch loss (faint) at each recorded draw, the warm-up
+    found shaded, the burn-in and the kept draws' verdict in the title."""
+    rows = -(-len(runs) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(12.5, 2.6 * rows), squeeze=False)
+    for ax, (step, run) in zip(axes.flat, runs.items()):
+        for chain in range(run.loss_trace.shape[0]):
+            colour = PALETTE[chain % len(PALETTE)]
+            ax.plot(run.loss_trace[chain], color=colour, lw=0.6, alpha=0.3)
+            ax.plot(run.observable_trace[chain], color=colour, lw=1.4)
+        ax.axvspan(-0.5, run.burn_in - 0.5, color="0.6", alpha=0.3, lw=0)
+        ax.axvline(run.burn_in - 0.5, color="0.3", lw=0.8, ls="--")
+        ax.set_title(f"step {step}: burn-in {run.burn_in}, {run.verdict}", fontsize=9)
+        unrecorded, thin = run.config.burn_in or 0, run.config.thin
+        every = f"one every {thin} steps" if thin > 1 else "every step"
+        ax.set_xlabel(f"recorded draw ({every}" + (f", after {unrecorded} unrecorded)" if unrecorded else ")"),
+                      fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("loss (nats/token)")
+    for ax in axes.flat[len(runs):]:
+        ax.axis("off")
+    return fig

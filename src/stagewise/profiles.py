@@ -119,6 +119,8 @@ class LanguageModelSizes:
     """SGLD steps taken from the checkpoint before the first recorded draw (cheap: no observable is
     evaluated), after which the recorded traces are still searched for what remains of the
     warm-up (:func:`stagewise.lm.stationary_draws`); ``None``: every step is recorded."""
+    thin: int = 1
+    """SGLD steps per recorded draw (evaluating the observables costs several steps)."""
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ class SGLDConfig:
     chains: int = 4
     """Number of independent chains C (at least 2)."""
     draws: int = 200
-    """Draws per chain T, recorded after ``burn_in`` steps."""
+    """Draws per chain T, recorded after ``burn_in`` steps, one every ``thin`` steps."""
     batch_size: int | None = None
     """Batch size m for the gradient; ``None`` is the full sampling set."""
     decay: float = 0.99
@@ -93,6 +93,10 @@ class SGLDConfig:
     (:func:`stagewise.diagnostics.find_burn_in`); the draws before it are discarded by
     :func:`~stagewise.influence.bif_trajectory` and :func:`~stagewise.influence.local_bif`, so
     fewer than ``draws`` draws per chain are kept."""
+    thin: int = 1
+    """Steps per recorded draw: a chain takes ``burn_in + thin × draws`` steps and records the
+    losses at every ``thin``-th.  Worth more than 1 when evaluating the losses costs more than a
+    step (many observables) and consecutive draws are nearly the same."""
     seed: int = 0
     divergence_factor: float = 100.0
     """A chain has diverged when its batch loss exceeds the checkpoint's by more than this
@@ -121,6 +125,8 @@ class SGLDConfig:
             problems.append(f"preconditioner must be 'rmsprop' or 'none', got {self.preconditioner!r}")
         if self.burn_in is not None and self.burn_in < 0:
             problems.append(f"burn_in must be >= 0 or None (found from the trace), got {self.burn_in}")
+        if self.thin < 1:
+            problems.append(f"thin must be at least 1, got {self.thin}")
         if not self.divergence_factor > 0:
             problems.append(f"divergence_factor must be positive, got {self.divergence_factor}")
         if problems:
@@ -548,12 +554,12 @@ def _run_chains(
     threshold = start + config.divergence_factor * (start.abs() + dimension / (2 * config.nbeta))
     state = sgld_init(center)
     warm = config.burn_in or 0  # None: nothing skipped, the warm-up is found from the trace afterwards
-    block = max(1, min(NOISE_BLOCK_BYTES // (4 * dimension), warm + T))
+    steps = warm + config.thin * T
+    block = max(1, min(NOISE_BLOCK_BYTES // (4 * dimension), steps))
     noise = torch.empty(S, block, dimension, dtype=torch.float32, device=device)
     diverged_at = torch.full((S,), -1, dtype=torch.long, device=device)
     trace = torch.full((S, T), float("nan"), dtype=dtype, device=device)
     sampled = observed = None
-    steps = warm + T
     bar = progress_bar(range(steps), disable=not progress, desc=f"SGLD ({S} checkpoint × chain sets)", leave=False)
     for step in bar:
         if full_batch:
@@ -575,9 +581,9 @@ def _run_chains(
             diverged_at[bad] = step
         dead = diverged_at >= 0
         any_dead = bool(dead.any())
-        draw = step - warm
+        draw, skipped = divmod(step - warm, config.thin)
         with torch.no_grad():
-            if draw >= 0:
+            if draw >= 0 and skipped == 0:
                 trace[:, draw] = batch_loss.detach().masked_fill(dead, float("nan"))
                 if record_sampling:
                     current = per_sample if full_batch else evaluate(params, data)

@@ -92,7 +92,7 @@ def study_config(sizes: LanguageModelSizes, epsilon: float, nbeta: float, gamma:
                      learning_rate=sizes.learning_rate, lr_schedule=sizes.lr_schedule,
                      repeated_fraction=sizes.repeated_fraction)
     sgld = SGLDConfig(epsilon=epsilon, nbeta=nbeta, gamma=gamma, chains=sizes.chains, draws=sizes.draws,
-                      batch_size=sizes.sampling_batch, burn_in=sizes.burn_in)
+                      batch_size=sizes.sampling_batch, burn_in=sizes.burn_in, thin=sizes.thin)
     config = TokenInfluenceConfig(model=model, sgld=sgld, observable_sequences=sizes.observable_sequences,
                                   sequence_length=sizes.sequence_length)
     return config if sampling_sequences is None else replace(config, sampling_sequences=sampling_sequences)
