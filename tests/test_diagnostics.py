@@ -151,6 +151,26 @@ def test_bif_standard_error_matches_the_spread_over_seeds():
     assert 0.6 < ratio < 1.5, ratio
 
 
+def test_bif_error_samples_keep_the_correlation_across_entries():
+    # 24 independent runs; a statistic over all entries (their sum) whose entries err together
+    model, data, checkpoints = regression()
+    config = SGLDConfig(epsilon=5e-3, nbeta=NBETA, gamma=GAMMA, chains=4, draws=500, preconditioner="none")
+    runs = bif_trajectory(model, squared_error, data, checkpoints * 24, config, checkpoint_indices=range(24),
+                          progress=False)
+    spread = runs.bif.sum((1, 2)).std().item()                       # what the runs really do
+    samples = runs.error_samples(2000)                               # (2000, 24, n, n)
+    assert samples.shape == (2000, *runs.bif.shape)
+    # entry by entry they are the batch-means standard error
+    assert abs((samples.std(0) / runs.bif_se).median().item() - 1) < 0.05
+    correlated = samples.sum((2, 3)).std(0).median().item()
+    independent = runs.bif_se.pow(2).sum((1, 2)).sqrt().median().item()   # noise drawn entry by entry
+    assert 0.6 < correlated / spread < 1.5, (correlated, spread)
+    assert independent / spread < 0.5, (independent, spread)   # what the samples are for
+    with pytest.raises(ValueError, match="unnormalized"):
+        bif_trajectory(model, squared_error, data, checkpoints, config, normalized=True,
+                       progress=False).error_samples(10)
+
+
 def test_calibrate_picks_a_step_whose_bif_is_the_exact_gaussian_one():
     model, data, checkpoints = regression()
     exact = gaussian_bif(model, squared_error, data, checkpoints, NBETA, GAMMA, progress=False)

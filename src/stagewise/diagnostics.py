@@ -115,6 +115,19 @@ def standard_error(series: torch.Tensor) -> torch.Tensor:
     return (means.var(dim=-1) / means.shape[-1]).sqrt()
 
 
+def _centered_batches(draws: torch.Tensor, observable_draws: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The draws ``(C, T, n)`` (and the observables') centred on their pooled means and cut into
+    the batches of :func:`batch_means`: ``(C·B, ⌊√T⌋, n)`` each."""
+    a = draws.double()
+    b = a if observable_draws is None else observable_draws.double()
+    C, T = a.shape[:2]
+    a = a - a.reshape(-1, a.shape[-1]).mean(0)
+    b = b - b.reshape(-1, b.shape[-1]).mean(0)
+    size, count = _batches(T)
+    return (a[:, : count * size].reshape(C * count, size, -1), b[:, : count * size].reshape(C * count, size, -1))
+
+
 def bif_standard_error(draws: torch.Tensor, observable_draws: torch.Tensor | None = None,
                        normalized: bool = False, chunk_bytes: int = 256 * 2**20) -> torch.Tensor:
     """Monte-Carlo standard error of every BIF entry, ``(C, T, n), (C, T, n_obs) -> (n, n_obs)``.
@@ -125,29 +138,45 @@ def bif_standard_error(draws: torch.Tensor, observable_draws: torch.Tensor | Non
     the batches in chunks of at most ``chunk_bytes`` of float64, so a large ``n × n_obs`` needs
     a few such matrices of memory, not one per batch.
     """
-    a = draws.double()
-    b = a if observable_draws is None else observable_draws.double()
-    C, T = a.shape[:2]
-    a = a - a.reshape(-1, a.shape[-1]).mean(0)
-    b = b - b.reshape(-1, b.shape[-1]).mean(0)
-    size, count = _batches(T)   # the batches of batch_means
-    a = a[:, : count * size].reshape(C * count, size, -1)
-    b = b[:, : count * size].reshape(C * count, size, -1)
+    a, b = _centered_batches(draws, observable_draws)
+    batches, size = a.shape[:2]
     total = torch.zeros(a.shape[-1], b.shape[-1], dtype=torch.float64)
     squares = torch.zeros_like(total)
     step = max(1, chunk_bytes // (8 * total.numel()))
-    for start in range(0, C * count, step):
+    for start in range(0, batches, step):
         products = torch.einsum("bsi,bsj->bij", a[start:start + step], b[start:start + step]) / size
         total += products.sum(0)
         squares += products.pow(2).sum(0)
-    batches = C * count
     variance = (squares - total.pow(2) / batches) / max(batches - 1, 1)
     error = (variance.clamp_min(0) / batches).sqrt()
     if normalized:
-        scale_a = a.pow(2).sum((0, 1)).div(C * count * size - 1).sqrt()
-        scale_b = b.pow(2).sum((0, 1)).div(C * count * size - 1).sqrt()
+        scale_a = a.pow(2).sum((0, 1)).div(batches * size - 1).sqrt()
+        scale_b = b.pow(2).sum((0, 1)).div(batches * size - 1).sqrt()
         error = error / (scale_a[:, None] * scale_b[None, :]).clamp_min(1e-300)
     return error
+
+
+def bif_error_samples(draws: torch.Tensor, observable_draws: torch.Tensor | None = None, samples: int = 1000,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draws of the BIF's Monte-Carlo error that keep its correlation across entries,
+    ``(C, T, n), (C, T, n_obs) -> (samples, n, n_obs)`` (unnormalized, units of loss²).
+
+    Entries estimated from the same draws err together; noise drawn entry by entry from
+    :func:`bif_standard_error` misses that, and a statistic over many entries (a trace
+    correlation, a mean over queries) then looks more certain than it is.  Here each sample is
+    a wild bootstrap of the batch means that give that standard error: the batches' deviations
+    from the BIF, each with a random sign, averaged (and scaled so that its variance is the
+    batch-means estimate).  Needs ``C·B × n × n_obs`` float64 of memory (``B ≈ √T`` batches per chain).
+    """
+    a, b = _centered_batches(draws, observable_draws)
+    batches, size = a.shape[:2]
+    if batches < 2:
+        raise ValueError(f"bif_error_samples needs at least two batches of draws, got {batches}")
+    products = -torch.einsum("bsi,bsj->bij", a, b) / size                   # (batches, n, n_obs), as the BIF
+    deviations = (products - products.mean(0)).reshape(batches, -1)
+    signs = torch.randint(0, 2, (samples, batches), generator=generator, dtype=torch.float64) * 2 - 1
+    scale = 1 / math.sqrt(batches * (batches - 1))
+    return (signs @ deviations * scale).reshape(samples, *products.shape[1:])
 
 
 def find_burn_in(traces: torch.Tensor, criteria: Criteria = Criteria()) -> torch.Tensor:

@@ -20,7 +20,7 @@ from torch import nn
 
 from stagewise.diagnostics import (
     DIVERGED, DRIFTING, HEALTHY, STEP_SENSITIVE, TOO_LITTLE_SIGNAL, UNMIXED, VERDICTS, Criteria, StepChange,
-    bif_standard_error,
+    bif_error_samples, bif_standard_error,
     chain_rhat, find_burn_in, judge, little_signal, split_rhat, standard_error, step_change,
 )
 from stagewise.sampling import LossDraws, LossFn, SGLDConfig, sample_losses
@@ -112,6 +112,23 @@ class BIFTrajectory:
     def healthy(self) -> bool:
         """Whether every checkpoint's verdict is healthy."""
         return all(verdict == HEALTHY for verdict in self.verdicts)
+
+    def error_samples(self, samples: int = 1000, seed: int = 0) -> torch.Tensor:
+        """``(samples, K, n, n_obs)`` draws of the Monte-Carlo error of ``bif``, correlated
+        across entries as the estimates' errors are (:func:`stagewise.diagnostics.bif_error_samples`
+        on each checkpoint's kept draws; independent across checkpoints, whose chains are):
+        ``limit + error_samples`` is what an estimator that samples ``limit`` with these chains
+        would return.  Unnormalized trajectories only."""
+        if self.normalized:
+            raise ValueError("error_samples needs an unnormalized trajectory (normalized=False)")
+        generator = torch.Generator().manual_seed(seed)
+        queries = self.draws.observables
+        out = []
+        for k in range(len(self.verdicts)):
+            b = int(self.burn_in[k])
+            kept_queries = None if queries is None else queries[k, :, b:]
+            out.append(bif_error_samples(self.draws.sampling[k, :, b:], kept_queries, samples, generator))
+        return torch.stack(out, dim=1)
 
     def summary(self) -> str:
         """A line counting the verdicts (with the largest R̂ and the burn-in found), then one line
