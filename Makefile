@@ -20,16 +20,17 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 # Chapters run in Jupyter kernels whose output never reaches the console; they write their
 # progress (chapter started, training and sampling bars, chapter time) to PROGRESS_LOG through
-# stagewise.progress, and the build follows that file on the console.  The chapters' execution
-# times are recorded per profile in _build/chapter_times.json (`python -m stagewise list` shows them).
+# stagewise.progress, and the build follows that file on the console (each page's own log is
+# _build/run/PROFILE/PAGE/run.log).  The chapters' execution times are recorded per profile in
+# _build/chapter_times.json (`python -m stagewise list` shows them).
 PROGRESS_LOG := $(ROOT)/_build/progress.log
 
+# The pages run JOBS at a time (default: one per core), then the book is built from them.
 book: $(VENV)/.installed
 	@mkdir -p $(ROOT)/_build && : > $(PROGRESS_LOG)
 	@tail -n +1 -f $(PROGRESS_LOG) & follow=$$!; \
-	cd book && PATH=$(BIN):$$PATH STAGEWISE_PROFILE=$(PROFILE) STAGEWISE_PROGRESS=$(PROGRESS_LOG) \
-		STAGEWISE_TIMES=$(ROOT)/_build/chapter_times.json jupyter-book build . --all --config $(ROOT)/_config.yml --toc $(ROOT)/_toc.yml \
-		--path-output $(ROOT) -W; \
+	PATH=$(BIN):$$PATH STAGEWISE_PROGRESS=$(PROGRESS_LOG) \
+		$(BIN)/python -m stagewise build --profile $(PROFILE) $(if $(JOBS),--jobs $(JOBS)); \
 	status=$$?; sleep 1; kill $$follow; exit $$status
 	@echo "The book is built: open file://$(ROOT)/_build/html/index.html"
 

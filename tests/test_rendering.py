@@ -10,7 +10,6 @@ import pkgutil
 import re
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -100,51 +99,19 @@ pytestmark = pytest.mark.uses_book
 BUILD = ROOT / "_build" / "test"
 
 
-def fill_execution_cache(pages: dict, cache_path: Path) -> None:
-    """A jupyter-cache of the pages executed by this session, for the build to reuse."""
-    import nbformat
-    from jupyter_cache import get_cache
-    from jupyter_cache.base import CacheBundleIn
-
-    from stagewise.cli import load_times, read_notebook
-
-    shutil.rmtree(cache_path, ignore_errors=True)
-    cache = get_cache(str(cache_path))
-    for name, page in pages.items():
-        notebook = nbformat.read(page.notebook, as_version=4)
-        for cell in notebook.cells:
-            cell.metadata.pop("execution", None)   # nbclient's timings: not part of what the build matches
-        seconds = load_times(page.out / "chapter_times.json").get(os.environ["STAGEWISE_PROFILE"], {}).get(name, {})
-        source = ROOT / "book" / f"{name}.md"
-        cache.cache_notebook_bundle(CacheBundleIn(notebook, str(source), data={"execution_seconds": seconds.get("seconds")}),
-                                    check_validity=False, overwrite=True)
-        try:   # the build reads the page as read_notebook does: it must find this execution
-            cache.match_cache_notebook(read_notebook(source))
-        except KeyError:
-            pytest.fail(f"{name}: the executed notebook does not match the page; the build would execute it again")
-
-
 @pytest.fixture(scope="module")
 def built_book(executed_pages) -> Path:
-    """The book built (fast profile) from the pages this session executed: nothing runs twice."""
-    import yaml
+    """The book built (fast profile) from the pages this session executed, as ``make book``
+    builds it (:func:`stagewise.cli.build_from_executed`): nothing runs twice."""
+    from stagewise.cli import build_from_executed
 
-    cache_path = BUILD / "jupyter_cache"
-    fill_execution_cache(executed_pages, cache_path)
-    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
-    config["execute"].update(execute_notebooks="cache", cache=str(cache_path))
-    config["sphinx"]["local_extensions"] = {name: str(ROOT / path) for name, path in config["sphinx"]["local_extensions"].items()}
-    config_file = BUILD / "_config.yml"
-    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
     out = BUILD / "book"
     shutil.rmtree(out, ignore_errors=True)
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    env.pop("STAGEWISE_TIMES", None)
-    build = subprocess.run(
-        ["jupyter-book", "build", ".", "-W", "--all", "--config", str(config_file), "--toc", str(ROOT / "_toc.yml"),
-         "--path-output", str(out)],
-        cwd=ROOT / "book", env=env, capture_output=True, text=True,
-    )
+    try:
+        build = build_from_executed({name: page.out for name, page in executed_pages.items()},
+                                    os.environ["STAGEWISE_PROFILE"], out, capture=True)
+    except RuntimeError as error:
+        pytest.fail(str(error))
     log = build.stdout + build.stderr
     assert build.returncode == 0, f"the book build failed:\n{log[-4000:]}"
     executed = re.findall(r"Executing notebook.*", log)

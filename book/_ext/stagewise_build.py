@@ -40,7 +40,8 @@ def on_source_read(app: Sphinx, docname: str, source: list[str]) -> None:
     if _is_notebook(app, docname):
         app.env.stagewise_started = getattr(app.env, "stagewise_started", {})
         app.env.stagewise_started[docname] = time.perf_counter()
-        announce(f"[stagewise] {docname}: executing (profile {get_profile().name}) ...")
+        if app.config.nb_execution_mode != "cache":   # from a cache it is announced once read
+            announce(f"[stagewise] {docname}: executing (profile {get_profile().name}) ...")
 
 
 def on_doctree_read(app: Sphinx, doctree) -> None:
@@ -52,6 +53,8 @@ def on_doctree_read(app: Sphinx, doctree) -> None:
     runtime = exec_data.get("runtime")
     if runtime is None:
         announce(f"[stagewise] {docname}: read in {time.perf_counter() - started:.0f} s (not executed)")
+    elif exec_data.get("method") == "cache":
+        announce(f"[stagewise] {docname}: its executed notebook read ({runtime:.0f} s when it was executed)")
     else:
         announce(f"[stagewise] {docname}: executed in {runtime:.0f} s")
 

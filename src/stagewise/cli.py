@@ -1,7 +1,8 @@
-"""Command line: list the book's chapters, or execute one without building the book.
+"""Command line: list the book's chapters, execute one without building the book, or build it.
 
     python -m stagewise list
     python -m stagewise run CHAPTER [--profile P] [--device D] [--out DIR]
+    python -m stagewise build [--profile P] [--device D] [--jobs N]
 
 ``run`` executes the chapter's notebook (a MyST-Markdown file in ``book/``, read as the book build reads it)
 in a fresh Jupyter kernel, cell by cell with a progress bar, and writes to ``DIR`` (default
@@ -16,6 +17,12 @@ Measured chapter times never go into the source tree: ``run`` records its time i
 (``book/_ext/stagewise_build.py``) in ``_build/chapter_times.json``.  ``list`` shows those beside
 the *reference* table ``chapter_times.json`` beside this module, which changes only when someone
 runs ``list --update-reference`` on purpose (each entry names its machine and load).
+
+``build`` (what ``make book`` runs) executes every page as ``run`` does, ``--jobs`` at a time
+(default: one per CPU core, each with its share of the threads; the slowest first), into
+``_build/run/PROFILE/``, then builds the HTML book from those executed notebooks
+(:func:`build_from_executed`) without executing anything again.  A page that fails stops the
+build; what the pages computed stays in the cache (``$STAGEWISE_CACHE``) for the next one.
 """
 
 from __future__ import annotations
@@ -27,10 +34,13 @@ import datetime
 import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -293,6 +303,120 @@ def read_notebook(path: Path):
     return read_myst_markdown_notebook(path.read_text(encoding="utf-8"), markdown, add_source_map=True, path=str(path))
 
 
+def fill_execution_cache(executed: Mapping[str, Path], cache_path: Path, profile: str) -> None:
+    """A jupyter-cache at ``cache_path`` (replaced) holding the executed pages, for a book build
+    with ``execute_notebooks: cache`` to show instead of executing them.  ``executed``: page name
+    -> the folder :func:`command_run` wrote (``NAME.ipynb``, ``chapter_times.json``).  Raises
+    ``RuntimeError`` when an executed notebook does not match its page as the build reads it
+    (the build would execute that page again)."""
+    import nbformat
+    from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
+
+    shutil.rmtree(cache_path, ignore_errors=True)
+    cache = get_cache(str(cache_path))
+    for name, out in executed.items():
+        notebook = nbformat.read(out / f"{name}.ipynb", as_version=4)
+        for cell in notebook.cells:
+            cell.metadata.pop("execution", None)   # nbclient's timings: not part of what the build matches
+        seconds = load_times(out / "chapter_times.json").get(profile, {}).get(name, {})
+        source = BOOK / f"{name}.md"
+        cache.cache_notebook_bundle(CacheBundleIn(notebook, str(source), data={"execution_seconds": seconds.get("seconds")}),
+                                    check_validity=False, overwrite=True)
+        try:
+            cache.match_cache_notebook(read_notebook(source))
+        except KeyError:
+            raise RuntimeError(f"{name}: the executed notebook does not match the page; the build would execute it "
+                               f"again") from None
+
+
+def build_from_executed(executed: Mapping[str, Path], profile: str, out: Path, times: Path | None = None,
+                        capture: bool = False) -> subprocess.CompletedProcess:
+    """Build the HTML book into ``out/_build/html`` from pages already executed (``executed`` as
+    for :func:`fill_execution_cache`), strictly (``-W``) and executing nothing; the build's
+    files (its cache and configuration) go under ``out/_build``.  With ``times`` the chapters'
+    times are recorded there (``$STAGEWISE_TIMES``).  Returns the finished ``jupyter-book``
+    process (its output in ``stdout`` when ``capture``)."""
+    import yaml
+
+    work = out / "_build"
+    work.mkdir(parents=True, exist_ok=True)
+    cache_path = work / "jupyter_cache"
+    fill_execution_cache(executed, cache_path, profile)
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    config["execute"].update(execute_notebooks="cache", cache=str(cache_path))
+    config["sphinx"]["local_extensions"] = {name: str(ROOT / path)
+                                            for name, path in config["sphinx"]["local_extensions"].items()}
+    config_file = work / "book_config.yml"
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               **{PROFILE_ENV: profile})
+    env.pop(TIMES_ENV, None)
+    if times is not None:
+        env[TIMES_ENV] = str(times)
+    command = ["jupyter-book", "build", ".", "-W", "--all", "--config", str(config_file), "--toc", str(TOC),
+               "--path-output", str(out)]
+    return subprocess.run(command, cwd=BOOK, env=env, text=True, capture_output=capture)
+
+
+def command_build(profile: str, device: str, jobs: int, out: Path = ROOT) -> int:
+    """Execute every page ``jobs`` at a time, then build the book from them (see the module's
+    docstring).  Returns the exit status: 0, or 1 when a page failed (the others are stopped)
+    or the build did."""
+    from stagewise.progress import announce
+
+    pages = chapters(every_part=True)
+    known = load_times().get(profile, {})
+    queue = sorted(pages, key=lambda page: -known.get(page.name, {}).get("seconds", float("inf")))
+    runs = out / "_build" / "run" / profile
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    env.pop(TIMES_ENV, None)   # each run records its time beside its outputs
+    announce(f"[stagewise] executing {len(pages)} pages, {jobs} at a time ({threads} threads each), profile {profile}")
+    running: dict[str, tuple[subprocess.Popen, object, float]] = {}
+    executed: dict[str, Path] = {}
+    failed: str | None = None
+    try:
+        while queue or running:
+            while queue and len(running) < jobs and failed is None:
+                page = queue.pop(0)
+                folder = runs / page.name
+                folder.mkdir(parents=True, exist_ok=True)
+                log = open(folder / "run.log", "w", encoding="utf-8")
+                command = [sys.executable, "-m", "stagewise", "run", page.name, "--profile", profile,
+                           "--device", device, "--out", str(folder)]
+                process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                running[page.name] = (process, log, time.perf_counter())
+                announce(f"[stagewise] {page.name}: executing ...")
+            time.sleep(0.5)
+            for name, (process, log, started) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                log.close()
+                del running[name]
+                if process.returncode == 0:
+                    executed[name] = runs / name
+                    announce(f"[stagewise] {name}: executed in {time.perf_counter() - started:.0f} s")
+                elif failed is None:
+                    failed = name
+            if failed is not None:
+                queue.clear()
+                for process, _, _ in running.values():
+                    process.terminate()
+    finally:
+        for process, log, _ in running.values():
+            process.wait()
+            log.close()
+    if failed is not None:
+        report = (runs / failed / "run.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        print(f"stagewise build: page {failed} failed; its log ({runs / failed / 'run.log'}) ends:", file=sys.stderr)
+        print("\n".join(report[-15:]), file=sys.stderr)
+        return 1
+    announce("[stagewise] every page executed; building the book from them")
+    executed = {page.name: executed[page.name] for page in pages}   # the table of contents' order
+    return build_from_executed(executed, profile, out, times=out / "_build" / "chapter_times.json").returncode
+
+
 def _choose(kind: str, value: str, valid: list[str]) -> None:
     if value not in valid:
         print(f"stagewise: unknown {kind} {value!r}; valid {kind}s: {', '.join(valid)}", file=sys.stderr)
@@ -313,6 +437,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--device", default=os.environ.get(DEVICE_ENV, "").strip() or "cpu",
                      help="cpu, or cuda / cuda:N when a GPU is available (default: $STAGEWISE_DEVICE or cpu)")
     run.add_argument("--out", type=Path, default=None, help="output directory (default: _build/run/CHAPTER)")
+    build = commands.add_parser("build", help="execute every page, several at a time, and build the HTML book")
+    build.add_argument("--profile", default=os.environ.get(PROFILE_ENV) or "default",
+                       help=f"sizes: {', '.join(PROFILES)} (default: $STAGEWISE_PROFILE or default)")
+    build.add_argument("--device", default=os.environ.get(DEVICE_ENV, "").strip() or "cpu",
+                       help="cpu, or cuda / cuda:N when a GPU is available (default: $STAGEWISE_DEVICE or cpu)")
+    build.add_argument("--jobs", type=int, default=None,
+                       help="pages executed at once (default: one per CPU core on the CPU, one on a GPU)")
     args = parser.parse_args(argv)
 
     if args.command == "list":
@@ -320,6 +451,14 @@ def main(argv: list[str] | None = None) -> int:
             changed = update_reference()
             print(f"reference table updated: {', '.join(changed) or 'nothing measured yet'}")
         return command_list()
+    if args.command == "build":
+        _choose("profile", args.profile, list(PROFILES))
+        _choose("device", args.device, valid_devices())
+        jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1) if args.device == "cpu" else 1
+        if jobs < 1:
+            print(f"stagewise: --jobs must be at least 1, got {jobs}", file=sys.stderr)
+            return 2
+        return command_build(args.profile, args.device, jobs)
     book = chapters(every_part=True)   # the chapters, and notebook pages such as reproducibility
     by_name = {chapter.name: chapter for chapter in book} | {str(chapter.number): chapter for chapter in book}
     if args.chapter not in by_name:
