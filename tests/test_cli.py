@@ -115,6 +115,21 @@ def test_run_reports_a_failing_cell_and_keeps_the_notebook(tmp_path, capfd, monk
     assert not times.exists(), "a failed run is not a measured time"
 
 
+def test_build_stops_at_the_first_failing_page_and_starts_no_other(tmp_path, capsys):
+    # `stagewise run` knows only the book's pages, so a page outside the table of contents fails at once
+    first, second = fake_chapter(tmp_path, "1"), cli.Chapter(2, "other_probe", "Other", tmp_path / "probe.md")
+    assert cli.command_build("fast", "cpu", jobs=1, out=tmp_path, pages=[first, second]) == 1
+    runs = tmp_path / "_build" / "run" / "fast"
+    assert "page probe failed" in capsys.readouterr().err
+    assert "unknown chapter" in (runs / "probe" / "run.log").read_text()
+    assert not (runs / "other_probe").exists() and not (tmp_path / "_build" / "html").exists()
+
+
+def test_build_refuses_no_jobs():
+    result = stagewise("build", "--jobs", "0")
+    assert result.returncode == 2 and "--jobs must be at least 1" in result.stderr
+
+
 def test_run_writes_the_executed_chapter_its_labelled_figures_and_its_time(executed_page):
     page = executed_page("theory")   # `python -m stagewise run theory --out DIR`, the session's one run of it
     assert page.returncode == 0, page.log[-2000:]

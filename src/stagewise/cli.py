@@ -359,13 +359,14 @@ def build_from_executed(executed: Mapping[str, Path], profile: str, out: Path, t
     return subprocess.run(command, cwd=BOOK, env=env, text=True, capture_output=capture)
 
 
-def command_build(profile: str, device: str, jobs: int, out: Path = ROOT) -> int:
-    """Execute every page ``jobs`` at a time, then build the book from them (see the module's
-    docstring).  Returns the exit status: 0, or 1 when a page failed (the others are stopped)
-    or the build did."""
+def command_build(profile: str, device: str, jobs: int, out: Path = ROOT, pages: list[Chapter] | None = None) -> int:
+    """Execute every page (default: every notebook page of the book) ``jobs`` at a time into
+    ``out/_build/run/PROFILE``, then build the book from them into ``out/_build/html`` (see the
+    module's docstring).  Returns the exit status: 0, or 1 when a page failed (the others are
+    stopped, none is started after it) or the build did."""
     from stagewise.progress import announce
 
-    pages = chapters(every_part=True)
+    pages = chapters(every_part=True) if pages is None else pages
     known = load_times().get(profile, {})
     queue = sorted(pages, key=lambda page: -known.get(page.name, {}).get("seconds", float("inf")))
     runs = out / "_build" / "run" / profile
