@@ -147,8 +147,8 @@ def token_draws(run: LanguageModelRun, step: int, observables: torch.Tensor | No
 
 def step_check(run: LanguageModelRun, step: int, membership: np.ndarray, progress: bool = True) -> StepCheck:
     """The calibration rule at checkpoint ``step``: the run's draws there (cached) against draws
-    at half its step and twice its draws, so that the chains travel as far (cached too, the same
-    seeds and observables), compared by :func:`stagewise.lm.experiment.compare_steps` on the
+    at half its step run twice as long (:func:`~stagewise.influence.at_equal_travel`), so that
+    the chains travel as far (cached too, the same seeds and observables), compared by :func:`stagewise.lm.experiment.compare_steps` on the
     groups of ``membership`` ``(n, A)``.  Costs two more :func:`token_draws` at ``step``."""
     sgld = run.config.sgld
     half = replace(run, config=replace(run.config, sgld=at_equal_travel(sgld, sgld.epsilon / 2)))

@@ -297,7 +297,8 @@ def compare_steps(draws: TokenDraws, reference: TokenDraws, membership: np.ndarr
     mean losses over the kept draws, ``(A, A)``, with its batch-means error.  (A per-token BIF
     of thousands of tokens is neither cheap to compare nor resolved at a few hundred draws; its
     group means are what the chapters read.)  The reference should travel as far
-    (:func:`stagewise.influence.at_equal_travel`: twice the draws at half the step).
+    (:func:`stagewise.influence.at_equal_travel`: at half the step, twice the draws, or twice the
+    thinning of a thinned chain).
     """
     if draws.losses.shape[-1] != reference.losses.shape[-1]:
         raise ValueError("the two runs must record the same observables")
