@@ -54,7 +54,7 @@ def plot_chain_traces(runs: Mapping[int, Any], columns: int = 4) -> Figure:
         ax.set_title(f"step {step}: burn-in {run.burn_in}, {run.verdict}", fontsize=9)
         unrecorded, thin = run.config.burn_in or 0, run.config.thin
         every = f"one every {thin} steps" if thin > 1 else "every step"
-        ax.set_xlabel(f"recorded draw ({every}" + (f", after {unrecorded} unrecorded)" if unrecorded else ")"),
+        ax.set_xlabel(f"recorded draw\n({every}" + (f", after {unrecorded} unrecorded)" if unrecorded else ")"),
                       fontsize=8)
     for ax in axes[:, 0]:
         ax.set_ylabel("loss (nats/token)")
