@@ -226,25 +226,28 @@ def _one_factor_excess(matrix: np.ndarray) -> tuple[float, float]:
     return float(matrix[0, 1]), float(predicted)
 
 
-def _pair_null(correlate, n: int, pool: np.ndarray, sizes: tuple[int, int], samples: int, seed: int,
-               chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """The random-groups null of :func:`class_pair_test`: ``samples`` times, the pool shuffled into
-    two groups of ``sizes`` and a pool of the rest; ``correlate`` maps ``(n, 3k)`` memberships to
-    their ``(3k, 3k)`` group correlation.  Returns the excess over the one-factor prediction and the
-    raw entry of every sample."""
+def _random_groups_null(correlate, n: int, pool: np.ndarray, sizes: tuple[int, ...], samples: int, seed: int,
+                        chunk: int, read=_one_factor_excess) -> tuple[np.ndarray, np.ndarray]:
+    """The random-groups null of :func:`class_pair_test` and :func:`class_self_test`:
+    ``samples`` times, the pool shuffled into groups of ``sizes`` and a pool of the rest;
+    ``correlate`` maps ``(n, gk)`` memberships (``g = len(sizes) + 1`` groups a sample) to their
+    ``(gk, gk)`` group correlation and ``read`` one sample's ``(g, g)`` block to ``(entry,
+    predicted)``.  Returns the excess over the prediction and the raw entry of every sample."""
     rng = np.random.default_rng(seed)
+    g = len(sizes) + 1
+    edges = np.cumsum((0, *sizes))
     null, raw = [], []
     for start in range(0, samples, chunk):
         count = min(chunk, samples - start)
-        groups = np.zeros((n, 3 * count), dtype=bool)
+        groups = np.zeros((n, g * count), dtype=bool)
         for k in range(count):
             chosen = rng.permutation(pool)
-            groups[chosen[: sizes[0]], 3 * k] = True
-            groups[chosen[sizes[0]: sum(sizes)], 3 * k + 1] = True
-            groups[chosen[sum(sizes):], 3 * k + 2] = True
+            for j in range(len(sizes)):
+                groups[chosen[edges[j]: edges[j + 1]], g * k + j] = True
+            groups[chosen[edges[-1]:], g * k + g - 1] = True
         matrix = correlate(groups)
         for k in range(count):
-            value, prediction = _one_factor_excess(matrix[3 * k: 3 * k + 3, 3 * k: 3 * k + 3])
+            value, prediction = read(matrix[g * k: g * k + g, g * k: g * k + g])
             null.append(value - prediction)
             raw.append(value)
     return np.array(null), np.array(raw)
@@ -287,7 +290,7 @@ def class_pair_test(draws: torch.Tensor, first: np.ndarray, second: np.ndarray, 
         raise ValueError(f"need at least one sample, got {samples}")
     Z = standardized_losses(draws).double()
     entry, predicted = _one_factor_excess(_group_correlation(Z, membership, exclude_same))
-    null, raw = _pair_null(lambda groups: _group_correlation(Z, groups, exclude_same), n, pool, sizes,
+    null, raw = _random_groups_null(lambda groups: _group_correlation(Z, groups, exclude_same), n, pool, sizes,
                            samples, seed, chunk)
     return ClassPairTest(entry=entry, predicted=predicted, null=null, raw_null=raw)
 
@@ -328,21 +331,8 @@ def _paired_sums_self_test(sums: "_PairedSums", members: np.ndarray, pool: np.nd
     membership = np.zeros((n, 2), dtype=bool)
     membership[members, 0], membership[pool, 1] = True, True
     entry, predicted = _self_excess(sums(membership))
-    rng = np.random.default_rng(seed)
-    null, raw = [], []
-    for start in range(0, samples, chunk):
-        count = min(chunk, samples - start)
-        groups = np.zeros((n, 2 * count), dtype=bool)
-        for k in range(count):
-            chosen = rng.permutation(pool)
-            groups[chosen[:size], 2 * k] = True
-            groups[chosen[size:], 2 * k + 1] = True
-        matrix = sums(groups)
-        for k in range(count):
-            value, prediction = _self_excess(matrix[2 * k: 2 * k + 2, 2 * k: 2 * k + 2])
-            null.append(value - prediction)
-            raw.append(value)
-    return ClassPairTest(entry=entry, predicted=predicted, null=np.array(null), raw_null=np.array(raw))
+    null, raw = _random_groups_null(sums, n, pool, (size,), samples, seed, chunk, read=_self_excess)
+    return ClassPairTest(entry=entry, predicted=predicted, null=null, raw_null=raw)
 
 
 class _PairedSums:
@@ -399,7 +389,7 @@ def _paired_sums_pair_test(sums: _PairedSums, first: np.ndarray, second: np.ndar
     membership[first, 0], membership[second, 1], membership[pool, 2] = True, True, True
     sizes = (len(first), len(second))
     entry, predicted = _one_factor_excess(sums(membership))
-    null, raw = _pair_null(sums, n, pool, sizes, samples, seed, chunk)
+    null, raw = _random_groups_null(sums, n, pool, sizes, samples, seed, chunk)
     return ClassPairTest(entry=entry, predicted=predicted, null=null, raw_null=raw)
 
 
