@@ -85,14 +85,28 @@ def knn_draws(shared: bool, seed: int = 0, n: int = 900, draws: int = 100):
 def test_knn_recall_claim_holds_for_planted_classes_and_fails_for_a_shared_factor():
     names = ["a", "b", "c"]
     draws, membership = knn_draws(shared=False)
-    planted = knn_recall_test(draws, membership, k=20, permutations=40, modes=1)
+    planted = knn_recall_test(draws, membership, k=20, permutations=40, after_common_mode=True)
     assert knn_recall_claim(names, planted.recognised()).holds is True
     draws, membership = knn_draws(shared=True)
-    shared = knn_recall_test(draws, membership, k=20, permutations=40, modes=1)
+    shared = knn_recall_test(draws, membership, k=20, permutations=40, after_common_mode=True)
     verdict = knn_recall_claim(names, shared.recognised())
     assert verdict.holds is False and verdict.detail == "not recognised: a, b"
     with pytest.raises(ValueError, match="one boolean per class"):
         knn_recall_claim(names, np.ones(2, dtype=bool))
+
+
+class FixedTest:
+    """A stand-in for a ClassPairTest whose verdict is ``side`` at every coverage."""
+
+    def __init__(self, side):
+        self.side = side
+
+    def verdict(self, coverage=0.95):
+        return self.side
+
+
+def fixed(sides):
+    return [FixedTest(side) for side in sides]
 
 
 def test_delimiter_direction_reading_confirms_contradicts_or_leaves_unresolved():
@@ -100,19 +114,44 @@ def test_delimiter_direction_reading_confirms_contradicts_or_leaves_unresolved()
 
     above, inside, below = VERDICTS
     steps = [0, 64, 512, 3000]
-    paper = delimiter_direction_reading(steps, [inside, above, above, below], [[inside] * 2, [above, inside],
-                                                                                [above] * 2, [below] * 2])
+    paper = delimiter_direction_reading(steps, fixed([inside, above, above, below]),
+                                        [fixed([inside] * 2), fixed([above, inside]), fixed([above] * 2),
+                                         fixed([below] * 2)])
     assert paper.holds is True and paper.detail.startswith("confirmed")
     # a positive relation where the paper has a negative one contradicts it
-    positive = delimiter_direction_reading(steps, [inside, above, above, above], [[inside] * 2] * 4)
+    positive = delimiter_direction_reading(steps, fixed([inside, above, above, above]), [fixed([inside] * 2)] * 4)
     assert positive.holds is False and positive.detail.startswith("contradicted")
     # a pooled side that one chain contradicts is not resolved
-    split = delimiter_direction_reading(steps, [inside, above, above, below],
-                                        [[inside] * 2, [above] * 2, [above] * 2, [below, above]])
-    assert split.holds is None and split.detail.startswith("unresolved") and "step 3000: pooled below the null, a chain above the null" in split.detail
-    nothing = delimiter_direction_reading(steps, [inside] * 4, [[inside] * 2] * 4)
+    split = delimiter_direction_reading(steps, fixed([inside, above, above, below]),
+                                        [fixed([inside] * 2), fixed([above] * 2), fixed([above] * 2),
+                                         fixed([below, above])])
+    assert split.holds is None and split.detail.startswith("unresolved")
+    assert "step 3000: pooled below the null, a chain above the null" in split.detail
+    nothing = delimiter_direction_reading(steps, fixed([inside] * 4), [fixed([inside] * 2)] * 4)
     assert nothing.holds is None
-    short = delimiter_direction_reading([0, 64, 300], [inside, above, above], [[above] * 2] * 3)
+    short = delimiter_direction_reading([0, 64, 300], fixed([inside, above, above]), [fixed([above] * 2)] * 3)
     assert short.holds is None and "from 2000 on" in short.detail
     with pytest.raises(ValueError):
-        delimiter_direction_reading(steps, [inside] * 3, [[inside] * 2] * 4)
+        delimiter_direction_reading(steps, fixed([inside] * 3), [fixed([inside] * 2)] * 4)
+
+
+def test_delimiter_direction_reading_is_corrected_for_the_steps_it_reads():
+    # no relation at any of 8 steps: each step's excess is N(0, 1) against a N(0, 1) null and a
+    # "contradicted" at 95 % per step would come 8 times as often
+    from stagewise.groups import ClassPairTest
+    from stagewise.lm.claims import delimiter_direction_reading
+
+    rng = np.random.default_rng(0)
+    steps = [1, 16, 64, 256, 2000, 3000, 5000, 8000]
+    null = rng.normal(size=2000)
+    spread = np.zeros(2000)                            # no Monte-Carlo error beyond the null's
+    contradicted = corrected = 0
+    for _ in range(300):
+        excess = rng.normal(size=len(steps))
+        tests = [ClassPairTest(float(e), 0.0, null, null, e + spread) for e in excess]
+        corrected += delimiter_direction_reading(steps, tests, [[]] * len(steps)).holds is False
+        contradicted += delimiter_direction_reading(steps, tests, [[]] * len(steps), level=0.4).holds is False
+    assert corrected / 300 < 0.06, corrected          # at most the level, 5 %
+    assert contradicted / 300 > 0.1, contradicted     # 8 steps at 95 % each: about 20 %
+    with pytest.raises(ValueError, match="level"):
+        delimiter_direction_reading(steps, tests, [[]] * len(steps), level=0)

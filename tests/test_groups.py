@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from stagewise.groups import (class_pair_test, group_correlation, knn_class_recall, knn_neighbours, knn_recall_test,
-                              partial_losses, random_group_null, random_neighbours, recall_from_neighbours,
+                              pool_loadings, random_neighbours, recall_from_neighbours,
                               same_label_pair_share, standardized_losses)
 from stagewise.influence import bif_matrix
 
@@ -174,10 +174,10 @@ def shared_and_specific_draws(specific: float, seed=0, n=120, draws=400):
 
 
 @pytest.mark.parametrize("specific", [0.0, 0.6])
-def test_random_group_null_holds_the_shared_part_and_not_the_specific_one(specific):
+def test_raw_null_holds_the_shared_part_and_not_the_specific_one(specific):
     draws, membership = shared_and_specific_draws(specific)
     entry = group_correlation(draws, membership)[0, 1]
-    null = random_group_null(draws, (20, 20), np.arange(40, 120), samples=100)
+    null = class_pair_test(draws, membership[:, 0], membership[:, 1], pool=np.arange(40, 120), samples=100).raw_null
     assert null.shape == (100,) and np.all(null > 0.1)    # the shared component is in the null
     low, high = np.quantile(null, [0.025, 0.975])
     if specific:
@@ -186,17 +186,17 @@ def test_random_group_null_holds_the_shared_part_and_not_the_specific_one(specif
         assert low <= entry <= high
 
 
-def test_random_group_null_respects_labels_and_checks_its_pool():
+def test_random_groups_respect_labels():
     rng = np.random.default_rng(3)
-    draws = torch.tensor(rng.normal(size=(2, 60, 30)))
-    ids = np.repeat(np.arange(10), 3)
-    draws[..., :] += 2 * torch.tensor(rng.normal(size=(2, 60, 10)))[..., ids]   # copies of an id correlate
-    pool = np.ones(30, dtype=bool)
-    with_copies = random_group_null(draws, (8, 8), pool, samples=50, seed=1)
-    without = random_group_null(draws, (8, 8), pool, samples=50, seed=1, exclude_same=ids)
-    assert with_copies.mean() > without.mean() + 0.05 and abs(without.mean()) < 0.05
-    with pytest.raises(ValueError, match="disjoint groups"):
-        random_group_null(draws, (20, 20), pool)
+    draws = torch.tensor(rng.normal(size=(2, 60, 60)))
+    ids = np.repeat(np.arange(20), 3)
+    draws[..., :] += 2 * torch.tensor(rng.normal(size=(2, 60, 20)))[..., ids]   # copies of an id correlate
+    first, second = np.arange(60) < 12, (np.arange(60) >= 12) & (np.arange(60) < 24)   # four ids each
+    # without labels, random groups of single tokens split copies of an id between them (about
+    # 2 pairs in 35 of a group's, correlated 0.8); with them, copies are never paired
+    with_copies = class_pair_test(draws, first, second, samples=50, seed=1).raw_null
+    without = class_pair_test(draws, first, second, exclude_same=ids, samples=50, seed=1).raw_null
+    assert with_copies.mean() > without.mean() + 0.025 and abs(without.mean()) < 0.02
 
 
 def loading_only_draws(delimiter_loading: float, pair: float = 0.0, seed: int = 0, n: int = 240, draws: int = 200,
@@ -252,11 +252,11 @@ def test_class_pair_test_checks_its_classes():
         class_pair_test(draws, left, right, pool=np.ones(240, dtype=bool))
 
 
-def class_factor_draws(kind: str, seed: int = 0, n: int = 1500, draws: int = 100):
+def class_factor_draws(kind: str, seed: int = 0, n: int = 1500, draws: int = 100, other: float = 0.3):
     """Tokens in three classes (word parts 20 %, word ends 20 %, delimiters 10 %) and no class
     (50 %), with ``kind``: ``"shared"``, one factor shared by word parts and word ends;
-    ``"loading"``, a common mode with delimiters loading 0.5 and all else 0.3; ``"planted"``, a
-    factor of the word parts alone."""
+    ``"loading"``, a common mode with delimiters loading 0.5 and all else ``other``;
+    ``"planted"``, a factor of the word parts alone."""
     rng = np.random.default_rng(seed)
     classes = rng.choice(4, size=n, p=[0.2, 0.2, 0.1, 0.5])
     values = rng.normal(size=(draws, n))
@@ -264,7 +264,7 @@ def class_factor_draws(kind: str, seed: int = 0, n: int = 1500, draws: int = 100
     if kind == "shared":
         values[:, classes < 2] += 0.8 * factor
     elif kind == "loading":
-        loading = np.where(classes == 2, 0.5, 0.3)
+        loading = np.where(classes == 2, 0.5, other)
         values = np.sqrt(1 - loading**2) * values + loading * factor
     else:
         values[:, classes == 0] += 0.8 * factor
@@ -275,7 +275,7 @@ def test_knn_specificity_null_holds_a_factor_shared_by_two_classes():
     chance, recognised = [], []
     for seed in range(4):
         draws, membership = class_factor_draws("shared", seed)
-        test = knn_recall_test(draws, membership, k=30, permutations=40, modes=1, seed=seed)
+        test = knn_recall_test(draws, membership, k=30, permutations=40, after_common_mode=True, seed=seed)
         chance.append(test.recall > test.null_band()[1])
         recognised.append(test.recognised())
         assert set(test.confused_with[:2]) == {0, 1}, "word parts and word ends are each other's confusion"
@@ -283,19 +283,23 @@ def test_knn_specificity_null_holds_a_factor_shared_by_two_classes():
     assert not np.any(recognised), "against the specificity null it lifts neither"
 
 
-def test_knn_after_the_common_mode_is_not_fooled_by_loading_and_finds_a_planted_class():
+@pytest.mark.parametrize("other", [0.3, 0.1])
+def test_knn_after_the_common_mode_is_not_fooled_by_loading_and_finds_a_planted_class(other):
+    # with the pool loading 0.1, projecting out an estimated mode left the delimiters alike
+    # (recognised in 20 of 20 replications); partial correlation on unshrunk loadings does not
     loading_flags, raw_flags = [], []
     for seed in range(4):
-        draws, membership = class_factor_draws("loading", seed)
-        loading_flags.append(knn_recall_test(draws, membership, k=30, permutations=40, modes=1).recognised()[2])
-        raw = knn_recall_test(draws, membership, k=30, permutations=40, modes=0)
+        draws, membership = class_factor_draws("loading", seed, other=other)
+        loading_flags.append(knn_recall_test(draws, membership, k=30, permutations=40,
+                                             after_common_mode=True).recognised()[2])
+        raw = knn_recall_test(draws, membership, k=30, permutations=40)
         raw_flags.append(raw.recognised()[2])
     assert sum(loading_flags) <= 1 and sum(raw_flags) >= 3, (loading_flags, raw_flags)
     draws, membership = class_factor_draws("planted", 7)
-    test = knn_recall_test(draws, membership, k=30, permutations=40, modes=1)
+    test = knn_recall_test(draws, membership, k=30, permutations=40, after_common_mode=True)
     assert test.recognised().tolist() == [True, False, False]
     with pytest.raises(ValueError, match="mode_pool"):
-        knn_recall_test(draws, np.ones((1500, 1), dtype=bool), k=5, permutations=2, modes=1)
+        knn_recall_test(draws, np.ones((1500, 1), dtype=bool), k=5, permutations=2, after_common_mode=True)
 
 
 @pytest.mark.parametrize("loading", [0.5, 0.15])
@@ -340,7 +344,7 @@ def test_class_relation_tests_equal_the_direct_tests_with_copies_of_ids_left_out
     from stagewise.groups import class_relation_tests, class_self_test
 
     draws, left, right = loading_only_draws(0.4, pair=0.2, seed=2)
-    ids = np.random.default_rng(5).integers(0, 40, size=240)           # many tokens share an id
+    ids = np.random.default_rng(5).integers(0, 150, size=240)          # many tokens share an id
     tests = class_relation_tests(draws, left, right[:, None], exclude_same=ids, samples=30, seed=1)
     direct = [class_self_test(draws, left, pool=~left, exclude_same=ids, samples=30, seed=1),
               class_pair_test(draws, left, right, pool=~(left | right), exclude_same=ids, samples=30, seed=2)]
@@ -352,3 +356,82 @@ def test_class_relation_tests_equal_the_direct_tests_with_copies_of_ids_left_out
         assert fast.predicted == pytest.approx(slow.predicted, abs=1e-10)
         np.testing.assert_allclose(fast.null, slow.null, atol=1e-10)
         np.testing.assert_allclose(fast.raw_null, slow.raw_null, atol=1e-10)
+
+
+def autocorrelated(rng, count: int, chains: int, draws: int, phi: float = 0.7) -> np.ndarray:
+    """``(chains, draws, count)`` AR(1) series of unit variance: draws of a chain that mixes slowly."""
+    x = rng.normal(size=(chains, draws, count))
+    for t in range(1, draws):
+        x[:, t] = phi * x[:, t - 1] + np.sqrt(1 - phi**2) * x[:, t]
+    return x
+
+
+def few_id_draws(seed: int, class_loading: float = 0.5, pool_loading: float = 0.3, pair: float = 0.0,
+                 ids_first: int = 6, chains: int = 4, draws: int = 40):
+    """Autocorrelated losses ``exp(0.3 x)`` of two classes made of a few ids (40 tokens of 6 ids,
+    60 of 7) and a pool of 700 tokens of up to 400 ids with Zipf-like copies; every id has an
+    identity component (weight 0.5) its copies share, every token loads on one common mode
+    (the classes with ``class_loading``, the pool with ``pool_loading``), and ``pair`` adds a
+    component the two classes alone share.  Returns draws, the two class masks and the ids."""
+    rng = np.random.default_rng(seed)
+    weights = 1 / np.arange(1, 401)
+    ids = np.concatenate([rng.integers(0, ids_first, 40), ids_first + rng.integers(0, ids_first + 1, 60),
+                          2 * ids_first + 1 + rng.choice(400, size=700, p=weights / weights.sum())])
+    loading = np.where(np.arange(len(ids)) < 100, class_loading, pool_loading)
+    common, shared = autocorrelated(rng, 1, chains, draws), autocorrelated(rng, 1, chains, draws)
+    identity = autocorrelated(rng, ids.max() + 1, chains, draws)[..., ids]
+    x = loading * common + 0.5 * identity + autocorrelated(rng, len(ids), chains, draws)
+    x[..., :100] += pair * shared
+    first, second = np.arange(len(ids)) < 40, (np.arange(len(ids)) >= 40) & (np.arange(len(ids)) < 100)
+    return torch.tensor(np.exp(0.3 * x)), first, second, ids
+
+
+def test_class_pair_null_of_whole_ids_has_the_spread_of_a_class_of_few_ids():
+    # the excess of two classes of a few ids spreads across replications as widely as the null
+    # of groups of as many whole ids, and far more than groups drawn token by token
+    from stagewise.groups import _PairedSums, _random_groups_null
+
+    excess, id_spread, token_spread = [], [], []
+    for seed in range(24):
+        draws, first, second, ids = few_id_draws(seed)
+        test = class_pair_test(draws, first, second, exclude_same=ids, samples=60, seed=seed)
+        tokens, _ = _random_groups_null(_PairedSums(draws, ids), len(ids), np.flatnonzero(~(first | second)),
+                                        (np.flatnonzero(first), np.flatnonzero(second)), None, 60, seed, 20)
+        excess.append(test.excess)
+        id_spread.append(test.null.std())
+        token_spread.append(tokens.std())
+    assert 0.6 < np.median(id_spread) / np.std(excess) < 1.6, (np.median(id_spread), np.std(excess))
+    assert np.median(token_spread) < 0.5 * np.std(excess), (np.median(token_spread), np.std(excess))
+
+
+@pytest.mark.parametrize("class_loading, pool_loading", [(0.5, 0.3), (0.15, 0.3), (0.0, 0.0), (0.5, 0.1)])
+def test_class_tests_of_few_ids_stay_inside_their_null_for_loadings_alone(class_loading, pool_loading):
+    # (0.5, 0.1): a class loading far more than a weakly loading pool has a far noisier
+    # prediction than random groups of the pool; the block bootstrap of its own excess holds it
+    from stagewise.groups import class_self_test
+
+    flagged = []
+    for seed in range(10):
+        draws, first, second, ids = few_id_draws(seed, class_loading, pool_loading)
+        pair = class_pair_test(draws, first, second, exclude_same=ids, samples=60, seed=seed)
+        itself = class_self_test(draws, first, pool=~(first | second), exclude_same=ids, samples=60, seed=seed)
+        flagged += [pair.verdict() != "inside the null", itself.verdict() != "inside the null"]
+    assert sum(flagged) <= 3, flagged        # 20 tests at a nominal 5 % flag 1 on average
+
+
+def test_class_pair_test_of_few_ids_flags_a_planted_relation():
+    verdicts = [class_pair_test(*few_id_draws(seed, 0.3, 0.3, pair=0.3)[:3], exclude_same=few_id_draws(seed)[3],
+                                samples=60, seed=seed).verdict() for seed in range(6)]
+    assert verdicts.count("above the null") >= 5, verdicts
+
+
+def test_block_resamples_keep_blocks_within_chains():
+    from stagewise.groups import block_resamples
+
+    index = block_resamples(chains=3, draws=16, resamples=5, seed=1)
+    assert index.shape == (5, 48) and index.min() >= 0 and index.max() < 48
+    blocks = index[:, :44].reshape(5, 11, 4)            # block length ⌈√16⌉ = 4
+    assert np.all(np.diff(blocks, axis=2) == 1), "a block is consecutive draws"
+    assert np.all(blocks[..., 0] // 16 == blocks[..., -1] // 16), "a block stays in one chain"
+    with pytest.raises(ValueError, match="block"):
+        block_resamples(2, 4, 3, block=5)

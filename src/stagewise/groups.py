@@ -9,15 +9,16 @@ Two reductions of the normalized BIF (SPEC §4), both in ``O(tokens × draws)`` 
 * :func:`class_pair_test`: the between-class entry read against a null that a class's own
   loading cannot fool.  All token losses share a common mode (it grows in training), and a
   class that merely loads more (or less) on it than other tokens has a raw entry above (or
-  below) that of random groups (:func:`random_group_null`) with no relation between the
+  below) that of random groups (:attr:`ClassPairTest.raw_null`) with no relation between the
   classes at all.  The test compares the entry with what one common mode predicts from each
-  class's correlation with a pool of other tokens, ``ρ(A, P) ρ(B, P) / ρ(P, P)``, and sets the
-  excess beside the same excess for random groups of the pool.  Under a single common factor
-  the excess is 0 whatever the loadings; a term shared by the two classes alone stays.
-  :func:`class_self_test` reads a class against itself the same way, ``ρ(A, A)`` against
-  ``ρ(A, P)² / ρ(P, P)``.
-  (Projecting an estimated mode out of the losses, :func:`partial_losses`, is biased for this:
-  the mode's estimation error leaves high-loading classes correlated.)
+  class's correlation with a pool of other tokens, ``ρ(A, P) ρ(B, P) / ρ(P, P)``, and reads
+  the excess against the same excess for random groups of the pool with the classes' unit
+  structure (as many whole token ids, so that a class of a few frequent ids is not read
+  against groups of many), with the classes' own Monte-Carlo error (a block bootstrap of the
+  draws, :func:`block_resamples`) added to it (:attr:`ClassPairTest.combined_null`).
+  Under a single common factor the excess is 0 whatever the loadings; a term shared by the
+  two classes alone stays.  :func:`class_self_test` reads a class against itself the same way,
+  ``ρ(A, A)`` against ``ρ(A, P)² / ρ(P, P)``.
 * :func:`knn_class_recall`: how often a token's most correlated neighbours vote for its own
   class (paper App. D.1.3), optionally ignoring neighbours with the same label, beside two
   nulls (:func:`knn_recall_test`): the vote of neighbours that know nothing of the losses (the
@@ -25,12 +26,14 @@ Two reductions of the normalized BIF (SPEC §4), both in ``O(tokens × draws)`` 
   not 0), and the *specificity* null, in which the class's label is shuffled among its tokens
   and those of the class it is most confused with: a factor shared by two classes (word parts
   and word ends, say) lifts both above the first null but not above the second.  The
-  neighbours can be found after the pooled mode too (``modes``), so that a class's loading on
-  it does not make its tokens each other's neighbours.
+  neighbours can be found by partial correlation given the pooled mode
+  (``after_common_mode``, with loadings from :func:`pool_loadings`), so that a class's loading
+  on it does not make its tokens each other's neighbours.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,35 +59,6 @@ def _token_indices(tokens: np.ndarray, n: int, what: str) -> np.ndarray:
             raise ValueError(f"{what} as a mask must have shape ({n},), got {tokens.shape}")
         return np.flatnonzero(tokens)
     return tokens.astype(int).reshape(-1)
-
-
-def common_modes(Z: torch.Tensor, pool: np.ndarray | None = None, modes: int = 1) -> torch.Tensor:
-    """The ``modes`` leading principal directions over draws of the standardized losses ``Z``
-    ``(n, D)`` of the tokens in ``pool`` (indices or an ``(n,)`` mask; default all): ``(D, modes)``
-    orthonormal columns.  The first is the mode all tokens' losses share (up to its sign);
-    projecting it out of a token's losses leaves what that token does beyond its loading on it."""
-    if not 1 <= modes < Z.shape[1]:
-        raise ValueError(f"need 1 <= modes < draws ({Z.shape[1]}), got {modes}")
-    rows = Z if pool is None else Z[torch.as_tensor(_token_indices(pool, Z.shape[0], "pool"))]
-    if rows.shape[0] <= modes:
-        raise ValueError(f"the pool holds {rows.shape[0]} tokens, too few to estimate {modes} mode(s)")
-    rows = rows.double()
-    _, vectors = torch.linalg.eigh(rows.T @ rows)  # (D, D), eigenvalues ascending
-    return vectors[:, -modes:].flip(1)
-
-
-def partial_losses(draws: torch.Tensor, pool: np.ndarray | None = None, modes: int = 1) -> torch.Tensor:
-    """Standardized losses after the ``modes`` leading modes of ``pool``'s tokens
-    (:func:`common_modes`) are projected out: ``(n, D)`` float64 with ``R Rᵀ`` the *partial*
-    correlation of the tokens' losses given those modes; rows left constant are zero.
-    ``draws`` is ``(..., C, T, n)``; ``modes = 0`` gives :func:`standardized_losses`."""
-    Z = standardized_losses(draws).double()
-    if modes == 0:
-        return Z
-    V = common_modes(Z, pool, modes)
-    residual = Z - (Z @ V) @ V.T
-    norm = residual.norm(dim=1, keepdim=True)
-    return torch.where(norm > 1e-9, residual / norm.clamp_min(1e-30), torch.zeros_like(residual))
 
 
 def _labels(exclude_same: np.ndarray | None, n: int) -> torch.Tensor:
@@ -137,46 +111,6 @@ def _group_correlation(Z: torch.Tensor, membership: np.ndarray, exclude_same: np
     return mean.where(kept > 0, torch.tensor(float("nan"), dtype=torch.float64)).numpy()
 
 
-def random_group_null(draws: torch.Tensor, sizes: tuple[int, int], pool: np.ndarray, samples: int = 200,
-                      exclude_same: np.ndarray | None = None, seed: int = 0, chunk: int = 20) -> np.ndarray:
-    """The between-class entry of :func:`group_correlation` for two random classes: ``(samples,)``.
-
-    Each sample draws two disjoint groups of ``sizes`` tokens from ``pool`` (token indices or an
-    ``(n,)`` mask) and returns their mean loss correlation, with the same ``exclude_same`` as
-    the entry it is a null for.  It is what two classes of those sizes get from the loss
-    correlation that all tokens share (which grows over training), with nothing specific to
-    the classes, but also without their loadings on it: a class that loads more on the shared
-    mode than the pool lies above this null with no relation to the other class (and one that
-    loads less, below).  It is a secondary, loading-blind reading; a claim about a pair of
-    classes is read against :func:`class_pair_test`."""
-    n = draws.shape[-1]
-    pool = _token_indices(pool, n, "pool")
-    first, second = sizes
-    if min(first, second) < 1 or first + second > len(pool):
-        raise ValueError(f"need two non-empty disjoint groups of {sizes} tokens from a pool of {len(pool)}")
-    if samples < 1:
-        raise ValueError(f"need at least one sample, got {samples}")
-    Z = standardized_losses(draws).double()   # once: every chunk reads the same losses
-    return _random_group_entries(Z, sizes, pool, samples, exclude_same, seed, chunk)
-
-
-def _random_group_entries(Z: torch.Tensor, sizes: tuple[int, int], pool: np.ndarray, samples: int,
-                          exclude_same: np.ndarray | None, seed: int, chunk: int) -> np.ndarray:
-    n = Z.shape[0]
-    first, second = sizes
-    rng = np.random.default_rng(seed)
-    values = []
-    for start in range(0, samples, chunk):
-        count = min(chunk, samples - start)
-        membership = np.zeros((n, 2 * count), dtype=bool)
-        for k in range(count):
-            chosen = rng.permutation(pool)[: first + second]
-            membership[chosen[:first], 2 * k] = membership[chosen[first:], 2 * k + 1] = True
-        matrix = _group_correlation(Z, membership, exclude_same)
-        values.extend(matrix[2 * k, 2 * k + 1] for k in range(count))
-    return np.array(values)
-
-
 VERDICTS: tuple[str, ...] = ("above the null", "inside the null", "below the null")
 """Where an entry lies against its null's band."""
 
@@ -197,26 +131,85 @@ class ClassPairTest:
     """What one common mode predicts for it from each class's correlation with the pool:
     ``ρ(A, P) · ρ(B, P) / ρ(P, P)`` (0 when the pool's own correlation is not positive)."""
     null: np.ndarray
-    """``(samples,)`` :attr:`excess` of pairs of random groups of the same sizes from the pool,
-    each against the rest of the pool: what the excess is with no relation between groups."""
+    """``(samples,)`` :attr:`excess` of pairs of random groups from the pool with the classes'
+    unit structure (as many whole ids, with as many copies), each against the rest of the pool:
+    what the excess is with no relation between groups (and the groups' Monte-Carlo error)."""
     raw_null: np.ndarray
-    """``(samples,)`` the raw entry of the same random groups (:func:`random_group_null`): the
-    secondary, loading-blind reading."""
+    """``(samples,)`` the raw entry of the same random groups: what all tokens share lifts them
+    too, but not a class's own loading on it, so this is a secondary, loading-blind reading."""
+    resampled: np.ndarray
+    """``(resamples,)`` :attr:`excess` recomputed on the draws resampled in blocks of
+    consecutive draws (:func:`block_resamples`): its Monte-Carlo spread for these classes, with
+    their own loadings (the random groups have the pool's, and a class that loads far more
+    than a weakly loading pool has a far noisier prediction than they do); added to
+    :attr:`null` in :attr:`combined_null`."""
 
     @property
     def excess(self) -> float:
         """:attr:`entry` minus :attr:`predicted`: the relation beyond the classes' loadings."""
         return float(self.entry - self.predicted)
 
+    @property
+    def combined_null(self) -> np.ndarray:
+        """``(samples,)`` what the excess would be for a random group, plus these classes' own
+        Monte-Carlo error: :attr:`null` with the deviations of :attr:`resampled` from their mean
+        added, sample by sample (two independent draws, so pairing them by index convolves the
+        two distributions).  It spreads at least as widely as either: as a random group's
+        excess where the classes load like the pool, as their own Monte-Carlo error where they
+        load far more and their prediction is far noisier than a random group's."""
+        deviations = self.resampled - self.resampled.mean()
+        return self.null + np.resize(deviations, self.null.shape)
+
     def band(self, coverage: float = 0.95) -> tuple[float, float]:
-        """Quantiles of :attr:`null` holding ``coverage`` of it."""
+        """Quantiles of :attr:`combined_null` holding ``coverage`` of it."""
         tail = (1 - coverage) / 2
-        low, high = np.quantile(self.null, [tail, 1 - tail])
+        low, high = np.quantile(self.combined_null, [tail, 1 - tail])
         return float(low), float(high)
+
+    def interval(self, coverage: float = 0.95) -> tuple[float, float]:
+        """The basic block-bootstrap interval of :attr:`excess` from :attr:`resampled`
+        (``2·excess`` minus its upper and lower quantiles): its Monte-Carlo error alone."""
+        tail = (1 - coverage) / 2
+        low, high = np.quantile(self.resampled, [tail, 1 - tail])
+        return float(2 * self.excess - high), float(2 * self.excess - low)
 
     def verdict(self, coverage: float = 0.95) -> str:
         """Where :attr:`excess` lies against :meth:`band`: one of :data:`VERDICTS`."""
         return band_verdict(self.excess, *self.band(coverage))
+
+
+def block_resamples(chains: int, draws: int, resamples: int, seed: int = 0,
+                    block: int | None = None) -> np.ndarray:
+    """``(resamples, chains · draws)`` indices into a chain-major ``(chains · draws)`` set of
+    draws: each resample joins random blocks of ``block`` consecutive draws of one chain
+    (default ``⌈√draws⌉``), taken from any chain, so that it keeps the draws' autocorrelation
+    within a block and the chains' differences between them (a moving-block bootstrap)."""
+    block = math.ceil(math.sqrt(draws)) if block is None else block
+    if not 1 <= block <= draws or resamples < 1:
+        raise ValueError(f"need 1 <= block <= draws ({draws}) and resamples >= 1, got {block} and {resamples}")
+    starts = (np.arange(chains)[:, None] * draws + np.arange(draws - block + 1)[None, :]).reshape(-1)
+    rng = np.random.default_rng(seed)
+    blocks = math.ceil(chains * draws / block)
+    picked = starts[rng.integers(len(starts), size=(resamples, blocks))]
+    return (picked[..., None] + np.arange(block)).reshape(resamples, -1)[:, : chains * draws]
+
+
+def _resampled_excesses(draws: torch.Tensor, membership: np.ndarray, readers: list, exclude_same: np.ndarray | None,
+                        resamples: int, seed: int) -> list[np.ndarray]:
+    """Each reader's excess on block-resampled draws: ``readers`` maps the ``(g, g)`` group
+    correlation of ``membership`` ``(n, g)`` to ``(entry, predicted)``; returns one
+    ``(resamples,)`` array per reader.  ``draws`` ``(..., C, T, n)``."""
+    chains = draws.reshape(-1, *draws.shape[-2:])
+    C, T, _ = chains.shape
+    pooled = chains.reshape(C * T, -1)
+    values = np.empty((len(readers), resamples))
+    for r, index in enumerate(block_resamples(C, T, resamples, seed)):
+        Z = standardized_losses(pooled[torch.as_tensor(index)][None]).double()
+        matrix = _group_correlation(Z, membership, exclude_same)
+        for k, read in enumerate(readers):
+            entry, predicted = read(matrix)
+            values[k, r] = entry - predicted
+    return list(values)
 
 
 def _one_factor_excess(matrix: np.ndarray) -> tuple[float, float]:
@@ -226,25 +219,83 @@ def _one_factor_excess(matrix: np.ndarray) -> tuple[float, float]:
     return float(matrix[0, 1]), float(predicted)
 
 
-def _random_groups_null(correlate, n: int, pool: np.ndarray, sizes: tuple[int, ...], samples: int, seed: int,
-                        chunk: int, read=_one_factor_excess) -> tuple[np.ndarray, np.ndarray]:
+class _Units:
+    """The pool's tokens grouped into *units* (the labels of ``exclude_same``, e.g. token ids;
+    every token its own unit without labels), for random groups that have a class's unit
+    structure: copies of one id share an identity component (and, with ``exclude_same``, are
+    never paired), so a class of a few ids averages over few independent units, and random
+    groups drawn token by token from many ids would give a null far narrower than its entry's
+    spread."""
+
+    def __init__(self, pool: np.ndarray, labels: torch.Tensor | None) -> None:
+        self.pool = pool
+        self.unit = (np.arange(len(pool)) if labels is None else
+                     np.unique(labels.numpy()[pool], return_inverse=True)[1].reshape(-1))
+        self.sizes = np.bincount(self.unit)
+
+    def structure(self, members: np.ndarray, labels: torch.Tensor | None) -> np.ndarray:
+        """A class's copies per unit, largest first: ``(units,)``."""
+        if labels is None:
+            return np.ones(len(members), dtype=int)
+        return np.sort(np.unique(labels.numpy()[members], return_counts=True)[1])[::-1].copy()
+
+    def draw(self, rng: np.random.Generator, structures: list[np.ndarray]) -> list[np.ndarray]:
+        """Random groups of whole units of the pool, one per class structure, and the rest of
+        the pool (its tokens in no group): pool token indices.  Each group draws as many units
+        as its class has, without replacement, with chances proportional to their sizes (the
+        unit of a random token, so frequent ids come up as often as in a class of frequent
+        ids); the ``i``-th largest unit drawn gives at most as many (random) copies as the
+        class's ``i``-th largest.  The groups' units are disjoint when the pool has enough of
+        them; otherwise groups may draw the same unit (its copies are then split between them,
+        and the pairs of a unit's copies are left out of every mean)."""
+        order = np.lexsort((rng.random(len(self.unit)), self.unit))  # tokens by unit, random within
+        rank = np.empty(len(order), dtype=int)
+        rank[order] = np.arange(len(order)) - np.searchsorted(self.unit[order], self.unit[order])
+        taken = np.zeros(len(self.sizes), dtype=int)                 # copies of each unit given out
+        rest = np.ones(len(self.pool), dtype=bool)
+        groups = []
+        disjoint = sum(map(len, structures)) <= len(self.sizes)
+        ordered = np.argsort(-np.log(rng.random(len(self.sizes))) / self.sizes)  # Efraimidis–Spirakis:
+        used = 0                                                                  # a size-biased order
+        for structure in structures:
+            if len(structure) > len(self.sizes):
+                raise ValueError(f"the pool has {len(self.sizes)} ids (units), fewer than a class's "
+                                 f"{len(structure)}: it cannot hold random groups of as many")
+            if disjoint:
+                units, used = ordered[used: used + len(structure)], used + len(structure)
+            else:
+                units = np.argsort(-np.log(rng.random(len(self.sizes))) / self.sizes)[: len(structure)]
+            units = units[np.argsort(-(self.sizes - taken)[units], kind="stable")]
+            quota = np.zeros(len(self.sizes), dtype=int)
+            quota[units] = np.minimum(structure, self.sizes[units] - taken[units])
+            start = taken[self.unit]
+            chosen = (rank >= start) & (rank < start + quota[self.unit])
+            groups.append(self.pool[chosen])
+            rest &= ~chosen
+            taken += quota
+        return groups + [self.pool[rest]]
+
+
+def _random_groups_null(correlate, n: int, pool: np.ndarray, classes: tuple[np.ndarray, ...],
+                        labels: torch.Tensor | None, samples: int, seed: int, chunk: int,
+                        read=_one_factor_excess) -> tuple[np.ndarray, np.ndarray]:
     """The random-groups null of :func:`class_pair_test` and :func:`class_self_test`:
-    ``samples`` times, the pool shuffled into groups of ``sizes`` and a pool of the rest;
-    ``correlate`` maps ``(n, gk)`` memberships (``g = len(sizes) + 1`` groups a sample) to their
-    ``(gk, gk)`` group correlation and ``read`` one sample's ``(g, g)`` block to ``(entry,
-    predicted)``.  Returns the excess over the prediction and the raw entry of every sample."""
+    ``samples`` times, random groups of the pool with the unit structure of ``classes`` (token
+    indices; see :class:`_Units`) and a pool of the rest; ``correlate`` maps ``(n, gk)``
+    memberships (``g = len(classes) + 1`` groups a sample) to their ``(gk, gk)`` group
+    correlation and ``read`` one sample's ``(g, g)`` block to ``(entry, predicted)``.  Returns
+    the excess over the prediction and the raw entry of every sample."""
     rng = np.random.default_rng(seed)
-    g = len(sizes) + 1
-    edges = np.cumsum((0, *sizes))
+    units = _Units(pool, labels)
+    structures = [units.structure(members, labels) for members in classes]
+    g = len(classes) + 1
     null, raw = [], []
     for start in range(0, samples, chunk):
         count = min(chunk, samples - start)
         groups = np.zeros((n, g * count), dtype=bool)
         for k in range(count):
-            chosen = rng.permutation(pool)
-            for j in range(len(sizes)):
-                groups[chosen[edges[j]: edges[j + 1]], g * k + j] = True
-            groups[chosen[edges[-1]:], g * k + g - 1] = True
+            for j, chosen in enumerate(units.draw(rng, structures)):
+                groups[chosen, g * k + j] = True
         matrix = correlate(groups)
         for k in range(count):
             value, prediction = read(matrix[g * k: g * k + g, g * k: g * k + g])
@@ -264,9 +315,16 @@ def class_pair_test(draws: torch.Tensor, first: np.ndarray, second: np.ndarray, 
     ``ρ(A, B) ≈ ρ(A, P) ρ(B, P) / ρ(P, P)`` (each ``ρ`` a mean correlation over pairs of distinct
     tokens, so no token's own noise enters it, and the prediction is unbiased for any loadings).
     The test is the **excess** of the entry over that prediction, beside the excess of
-    ``samples`` pairs of random groups of the same sizes drawn from the pool, each predicted
-    from the rest of the pool.  Loadings alone leave the excess inside the null; a component the
-    two classes alone share puts it above (of opposite signs, below).
+    ``samples`` pairs of random groups drawn from the pool, each predicted from the rest of the
+    pool, with the classes' own Monte-Carlo error added (:attr:`ClassPairTest.combined_null`:
+    a class loading far more than a weakly loading pool has a far noisier prediction than
+    random groups of it).  Loadings alone leave the excess inside the null; a component the
+    two classes alone share puts it above (of opposite signs, below).  The random groups have
+    the classes' unit structure: with ``exclude_same`` (token ids, say), each is made of as
+    many whole ids of the pool as its class has, each id giving at most as many copies as the
+    class's id it stands for, so that a class of a few frequent ids is read against groups of
+    a few frequent ids, whose excess spreads as widely as its own; without labels, of single
+    tokens.
 
     ``first`` and ``second`` are ``(n,)`` masks (or indices) of two disjoint classes; ``pool`` the
     other tokens (default: those in neither class); ``draws`` ``(..., C, T, n)``;
@@ -288,11 +346,8 @@ def class_pair_test(draws: torch.Tensor, first: np.ndarray, second: np.ndarray, 
                          f"the pool has {len(pool)}")
     if samples < 1:
         raise ValueError(f"need at least one sample, got {samples}")
-    Z = standardized_losses(draws).double()
-    entry, predicted = _one_factor_excess(_group_correlation(Z, membership, exclude_same))
-    null, raw = _random_groups_null(lambda groups: _group_correlation(Z, groups, exclude_same), n, pool, sizes,
-                           samples, seed, chunk)
-    return ClassPairTest(entry=entry, predicted=predicted, null=null, raw_null=raw)
+    return _paired_sums_pair_test(_PairedSums(draws, exclude_same), membership[:, 0], membership[:, 1], pool,
+                                  samples, seed, chunk)
 
 
 def class_self_test(draws: torch.Tensor, members: np.ndarray, pool: np.ndarray | None = None,
@@ -301,8 +356,8 @@ def class_self_test(draws: torch.Tensor, members: np.ndarray, pool: np.ndarray |
     """A class's relation with itself, read as :func:`class_pair_test` reads two classes: the
     class's mean correlation over pairs of its distinct tokens, ``ρ(A, A)``, against what its
     loading on the pooled mode predicts, ``ρ(A, P)² / ρ(P, P)``, and the excess beside the same
-    excess for ``samples`` random groups of the pool of the class's size, each against the rest
-    of the pool.  A class that merely loads more (or less) on the common mode than the pool
+    excess for ``samples`` random groups of the pool with the class's unit structure (as
+    :func:`class_pair_test` draws them), each against the rest of the pool.  A class that merely loads more (or less) on the common mode than the pool
     stays inside the null; a component its tokens alone share puts it above.
 
     ``members`` is a ``(n,)`` mask (or indices) of the class; ``pool`` the other tokens
@@ -331,8 +386,9 @@ def _paired_sums_self_test(sums: "_PairedSums", members: np.ndarray, pool: np.nd
     membership = np.zeros((n, 2), dtype=bool)
     membership[members, 0], membership[pool, 1] = True, True
     entry, predicted = _self_excess(sums(membership))
-    null, raw = _random_groups_null(sums, n, pool, (size,), samples, seed, chunk, read=_self_excess)
-    return ClassPairTest(entry=entry, predicted=predicted, null=null, raw_null=raw)
+    null, raw = _random_groups_null(sums, n, pool, (members,), sums.units, samples, seed, chunk, read=_self_excess)
+    resampled, = _resampled_excesses(sums.draws, membership, [_self_excess], sums.exclude_same, samples, seed)
+    return ClassPairTest(entry=entry, predicted=predicted, null=null, raw_null=raw, resampled=resampled)
 
 
 class _PairedSums:
@@ -342,10 +398,13 @@ class _PairedSums:
     ``O(n · A)`` beyond one ``(A, D)`` product instead of a per-label ``(G, A, D)`` sum."""
 
     def __init__(self, draws: torch.Tensor, exclude_same: np.ndarray | None) -> None:
+        self.draws, self.exclude_same = draws, exclude_same
         self.Z = standardized_losses(draws).double()
         n = self.Z.shape[0]
         self.valid = (self.Z.abs().sum(dim=1) > 0).numpy()
         self.labels = _labels(exclude_same, n)
+        self.units = None if exclude_same is None else self.labels
+        """The labels random groups are drawn by, whole (:class:`_Units`); ``None``: token by token."""
         if exclude_same is None:
             self.same = None
             return
@@ -387,10 +446,10 @@ def _paired_sums_pair_test(sums: _PairedSums, first: np.ndarray, second: np.ndar
                                                                         (pool, "pool")))
     membership = np.zeros((n, 3), dtype=bool)
     membership[first, 0], membership[second, 1], membership[pool, 2] = True, True, True
-    sizes = (len(first), len(second))
     entry, predicted = _one_factor_excess(sums(membership))
-    null, raw = _random_groups_null(sums, n, pool, sizes, samples, seed, chunk)
-    return ClassPairTest(entry=entry, predicted=predicted, null=null, raw_null=raw)
+    null, raw = _random_groups_null(sums, n, pool, (first, second), sums.units, samples, seed, chunk)
+    resampled, = _resampled_excesses(sums.draws, membership, [_one_factor_excess], sums.exclude_same, samples, seed)
+    return ClassPairTest(entry=entry, predicted=predicted, null=null, raw_null=raw, resampled=resampled)
 
 
 def class_relation_tests(draws: torch.Tensor, target: np.ndarray, partners: np.ndarray,
@@ -452,26 +511,62 @@ def _exclusion_labels(exclude_same: Exclusion, n: int) -> list[torch.Tensor]:
     return [_labels(labels, n) for labels in arrays]
 
 
-def knn_neighbours(draws: torch.Tensor, k: int = 30, exclude_same: Exclusion = None,
-                   block: int = 1024, modes: int = 0, mode_pool: np.ndarray | None = None) -> torch.Tensor:
+def pool_loadings(Z: torch.Tensor, pool: np.ndarray, labels: np.ndarray | None = None) -> torch.Tensor:
+    """Each token's loading on the mode the ``pool``'s tokens share, from the standardized
+    losses ``Z`` ``(n, D)``: ``ρ(t, P) / √ρ(P, P)``, ``(n,)`` float64, where ``ρ(t, P)`` is token
+    ``t``'s mean correlation with the pool's other tokens and ``ρ(P, P)`` the pool's mean over
+    pairs of distinct tokens (with ``labels``, e.g. token ids, pairs with equal labels are left
+    out of both).  Under one common mode ``Corr(ℓ_t, ℓ_u) = λ_t λ_u`` this estimates ``λ_t``
+    without the shrinkage of a projection on an estimated direction (whose own noise makes
+    the tokens that load most look alike after it is removed); 0 for every token when the
+    pool's mean correlation is not positive."""
+    n = Z.shape[0]
+    pool = _token_indices(pool, n, "pool")
+    lab = _labels(labels, n)
+    member = torch.zeros(n, dtype=torch.float64)
+    member[torch.as_tensor(pool)] = 1.0
+    member = member * (Z.abs().sum(dim=1) > 0)
+    groups = int(lab.max()) + 1
+    per_label = torch.zeros(groups, Z.shape[1], dtype=torch.float64).index_add_(0, lab, member[:, None] * Z)
+    per_count = torch.zeros(groups, dtype=torch.float64).index_add_(0, lab, member)
+    total = member @ Z                                                          # (D,) the pool's sum
+    with_pool = (Z @ total - (Z * per_label[lab]).sum(dim=1)) / (member.sum() - per_count[lab]).clamp_min(1)
+    pairs = member.sum() ** 2 - (per_count**2).sum()
+    pool_mean = (total @ total - (per_label**2).sum()) / pairs.clamp_min(1)
+    if pool_mean <= 0:
+        return torch.zeros(n, dtype=torch.float64)
+    return with_pool / pool_mean.sqrt()
+
+
+def knn_neighbours(draws: torch.Tensor, k: int = 30, exclude_same: Exclusion = None, block: int = 1024,
+                   after_common_mode: bool = False, mode_pool: np.ndarray | None = None) -> torch.Tensor:
     """Each token's ``k`` most correlated other tokens by loss, ``(n, k)`` indices.
 
     ``exclude_same`` (``(n,)`` labels such as token ids, or a tuple of such arrays) also rules
-    out tokens that share a label with the token.  ``modes > 0`` ranks by the partial
-    correlation after that many leading modes of the tokens ``mode_pool`` (default all;
-    :func:`partial_losses`): with one common mode, ``Corr(ℓ_t, ℓ_u) ≈ λ_t λ_u``, so every
-    token's nearest neighbours would be the tokens that load most on it, and a class that loads
-    more would vote for itself.  Found in blocks of ``block`` rows, so memory is ``O(block · n)``."""
-    Z = standardized_losses(draws) if modes == 0 else partial_losses(draws, mode_pool, modes).float()
+    out tokens that share a label with the token.  With one common mode,
+    ``Corr(ℓ_t, ℓ_u) ≈ λ_t λ_u``, so every token's nearest neighbours would be the tokens that
+    load most on it, and a class that loads more would vote for itself; ``after_common_mode``
+    ranks by the partial correlation given the mode of the tokens ``mode_pool`` (default all),
+    ``(Corr(ℓ_t, ℓ_u) − λ_t λ_u) / √((1 − λ_t²)(1 − λ_u²))`` with the loadings of
+    :func:`pool_loadings` (computed with the first labels of ``exclude_same``).  Found in
+    blocks of ``block`` rows, so memory is ``O(block · n)``."""
+    Z = standardized_losses(draws)
     n = Z.shape[0]
     labels = _exclusion_labels(exclude_same, n)
     eligible = n - 1 - sum(int(torch.bincount(lab).max()) - 1 for lab in labels)  # at least this many per token
     if not 0 < k <= eligible:
         raise ValueError(f"need 0 < k <= {eligible} (tokens sharing no label with the most common ones), got k = {k}")
+    if after_common_mode:
+        pool = np.arange(n) if mode_pool is None else mode_pool
+        loading = pool_loadings(Z.double(), pool, labels[0].numpy() if labels else None).clamp(-0.999, 0.999)
+        scale = (1 - loading**2).rsqrt().float()
+        loading = loading.float()
     neighbours = torch.empty(n, k, dtype=torch.long)
     for start in range(0, n, block):
         rows = torch.arange(start, min(start + block, n))
         similarity = Z[rows] @ Z.T
+        if after_common_mode:   # the row's own factor does not change its ranking
+            similarity = (similarity - loading[rows, None] * loading[None, :]) * scale[None, :]
         similarity[torch.arange(len(rows)), rows] = -float("inf")  # self
         for lab in labels:
             similarity[lab[rows][:, None] == lab[None, :]] = -float("inf")  # same label
@@ -520,11 +615,11 @@ def recall_from_neighbours(neighbours: torch.Tensor, membership: np.ndarray) -> 
 
 
 def knn_class_recall(draws: torch.Tensor, membership: np.ndarray, k: int = 30, exclude_same: Exclusion = None,
-                     block: int = 1024, modes: int = 0) -> np.ndarray:
+                     block: int = 1024) -> np.ndarray:
     """Same-class recall minus class rate of a ``k``-nearest-neighbour vote by loss correlation
     (paper App. D.1.3): ``(A,)``.  Its value for neighbours unrelated to the classes is *not* 0
-    (see :func:`knn_recall_test`).  ``exclude_same`` and ``modes`` as in :func:`knn_neighbours`."""
-    return recall_from_neighbours(knn_neighbours(draws, k, exclude_same, block, modes), membership)
+    (see :func:`knn_recall_test`).  ``exclude_same`` as in :func:`knn_neighbours`."""
+    return recall_from_neighbours(knn_neighbours(draws, k, exclude_same, block), membership)
 
 
 def _rate_scores(neighbours: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
@@ -624,13 +719,14 @@ class KNNRecall:
 
 
 def knn_recall_test(draws: torch.Tensor, membership: np.ndarray, k: int = 30, exclude_same: Exclusion = None,
-                    permutations: int = 200, seed: int = 0, block: int = 1024, modes: int = 0,
+                    permutations: int = 200, seed: int = 0, block: int = 1024, after_common_mode: bool = False,
                     mode_pool: np.ndarray | None = None) -> KNNRecall:
     """:func:`knn_class_recall` beside its two nulls, ``permutations`` times each: the chance null
     below and the specificity null (:func:`specificity_null`); :meth:`KNNRecall.recognised`
-    reads a class against both.  ``modes`` as in :func:`knn_neighbours`, with the modes estimated
-    on ``mode_pool`` (default: the tokens of no class, which carry the mode all tokens share but
-    no class's own factor, so removing it cannot remove what makes a class a class).
+    reads a class against both.  ``after_common_mode`` as in :func:`knn_neighbours`, with the
+    mode read from ``mode_pool`` (default: the tokens of no class, which carry the mode all
+    tokens share but no class's own factor, so removing it cannot remove what makes a class a
+    class).
 
     Without ``exclude_same`` the null shuffles the rows of the membership (which keeps the
     classes' sizes and overlaps) under the neighbours found once.  With it, shuffling would be
@@ -642,11 +738,11 @@ def knn_recall_test(draws: torch.Tensor, membership: np.ndarray, k: int = 30, ex
     if permutations < 1:
         raise ValueError(f"need at least one permutation, got {permutations}")
     member = np.asarray(membership, dtype=bool)
-    if modes and mode_pool is None:
+    if after_common_mode and mode_pool is None:
         mode_pool = ~member.any(axis=1)
-        if mode_pool.sum() <= modes:
-            raise ValueError("every token is in a class: name the tokens to estimate the common mode on (mode_pool)")
-    neighbours = knn_neighbours(draws, k, exclude_same, block, modes, mode_pool)
+        if mode_pool.sum() < 2:
+            raise ValueError("every token is in a class: name the tokens to read the common mode from (mode_pool)")
+    neighbours = knn_neighbours(draws, k, exclude_same, block, after_common_mode, mode_pool)
     if exclude_same is None:
         rng = np.random.default_rng(seed)
         null = [recall_from_neighbours(neighbours, member[rng.permutation(len(member))]) for _ in range(permutations)]

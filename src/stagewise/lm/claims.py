@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stagewise.groups import VERDICTS
+from stagewise.groups import VERDICTS, ClassPairTest
 
 
 @dataclass(frozen=True)
@@ -90,32 +90,39 @@ PAPER_READINGS: tuple[str, ...] = ("confirmed", "contradicted", "unresolved")
 """What a run says about a reading of the paper."""
 
 
-def delimiter_direction_reading(steps: Sequence[int], verdicts: Sequence[str],
-                                chain_verdicts: Sequence[Sequence[str]], early: tuple[int, int] = (1, 512),
-                                later: int = 2000) -> ClaimVerdict:
+def delimiter_direction_reading(steps: Sequence[int], tests: Sequence[ClassPairTest],
+                                chain_tests: Sequence[Sequence[ClassPairTest]], early: tuple[int, int] = (1, 512),
+                                later: int = 2000, level: float = 0.05) -> ClaimVerdict:
     """The paper's direction for the left-right delimiter relation (positive early, negative
-    later, in SPEC §1's reading), against this run's verdicts: ``verdicts`` ``(S,)`` of the
-    pooled chains and ``chain_verdicts`` ``(S, C)`` of each chain alone, each one of
-    :data:`stagewise.groups.VERDICTS` (:meth:`stagewise.groups.ClassPairTest.verdict`).
+    later, in SPEC §1's reading), against this run's tests: ``tests`` ``(S,)`` of the pooled
+    chains and ``chain_tests`` ``(S, C)`` of each chain alone
+    (:func:`stagewise.groups.class_pair_test`).
 
-    A step *resolves a side* when the pooled verdict is above (or below) the null and no chain
-    lies on the other side.  The reading is ``confirmed`` (``holds`` True) when every step in
-    ``early`` resolves above and every step from ``later`` on resolves below; ``contradicted``
-    (False) when some step resolves the side opposite to the paper's (below early, above
-    later); otherwise ``unresolved`` (None), which includes checkpoints that do not reach one of
-    the two windows.  The word is the detail's first.
+    Every step in the two windows is one more chance to see a side by chance, so each is read
+    at the Bonferroni coverage ``1 − level / m`` over the ``m`` steps in the windows; a run with
+    no relation at all then reads ``contradicted`` (or ``confirmed``) with probability at most
+    ``level``.  A step *resolves a side* when the pooled verdict is above (or below) the null
+    and no chain lies on the other side.  The reading is ``confirmed`` (``holds`` True) when
+    every step in ``early`` resolves above and every step from ``later`` on resolves below;
+    ``contradicted`` (False) when some step resolves the side opposite to the paper's (below
+    early, above later); otherwise ``unresolved`` (None), which includes checkpoints that do
+    not reach one of the two windows.  The word is the detail's first.
     """
-    steps, verdicts = list(steps), list(verdicts)
-    chain_verdicts = [list(v) for v in chain_verdicts]
-    if not (len(steps) == len(verdicts) == len(chain_verdicts)) or any(
-            v not in VERDICTS for v in verdicts + [c for row in chain_verdicts for c in row]):
-        raise ValueError(f"need one of {VERDICTS} per step and per chain, got {verdicts} and {chain_verdicts}")
+    steps, tests = list(steps), list(tests)
+    chain_tests = [list(row) for row in chain_tests]
+    if not (len(steps) == len(tests) == len(chain_tests)):
+        raise ValueError(f"need one pooled test and one row of chain tests per step: {len(steps)} steps, "
+                         f"{len(tests)} tests, {len(chain_tests)} rows")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    in_windows = [k for k, s in enumerate(steps) if early[0] <= s <= early[1] or s >= later]
+    coverage = 1 - level / max(len(in_windows), 1)
     above, inside, below = VERDICTS
     opposite = {above: below, below: above}
 
     def resolved(k: int) -> str:
-        side = verdicts[k]
-        if side in opposite and opposite[side] in chain_verdicts[k]:
+        side = tests[k].verdict(coverage)
+        if side in opposite and opposite[side] in [t.verdict(coverage) for t in chain_tests[k]]:
             return f"pooled {side}, a chain {opposite[side]}"
         return side
 
@@ -123,6 +130,7 @@ def delimiter_direction_reading(steps: Sequence[int], verdicts: Sequence[str],
     early_sides = [(s, resolved(k)) for k, s in enumerate(steps) if early[0] <= s <= early[1]]
     later_sides = [(s, resolved(k)) for k, s in enumerate(steps) if s >= later]
     detail = "; ".join(f"step {s}: {side}" for s, side in early_sides + later_sides) or "no step in either window"
+    detail += f" (each at {coverage:.1%} coverage, Bonferroni over {len(in_windows)} steps)"
     if any(side == below for _, side in early_sides) or any(side == above for _, side in later_sides):
         return ClaimVerdict(claim, False, f"{PAPER_READINGS[1]}: {detail}")
     if early_sides and later_sides and all(side == above for _, side in early_sides) \
