@@ -128,6 +128,43 @@ def test_token_losses_and_sequences():
         sequences(stream, count=100, length=20)
 
 
+def test_chunked_losses_have_the_gradient_of_the_whole_batch_under_torch_func():
+    # the sampler takes gradients with torch.func.grad through functional_call, per chain or
+    # vmapped over chains; the chunked output layer must give the same per-chain gradients
+    from torch.func import functional_call, grad, vmap
+    from transformers import GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    lm = GPTNeoXForCausalLM(pythia_architecture(TINY)).eval()
+    batch = torch.randint(TINY.vocab_size, (6, 20))
+    weights = torch.rand(6, 19)                       # a loss that weighs tokens unequally
+
+    class Loss(torch.nn.Module):
+        def __init__(self, chunk):
+            super().__init__()
+            self.lm, self.chunk = lm, chunk
+
+        def forward(self, ids):
+            return (token_losses(self.lm, ids, logits_per_chunk=self.chunk) * weights).sum()
+
+    chains = {k: torch.stack([v.detach(), v.detach() + 0.05 * torch.randn_like(v)]) for k, v in lm.named_parameters()}
+    gradients = {}
+    for chunk in (10**9, 2 * 20 * TINY.vocab_size):          # the whole batch, then two rows at a time
+        loss = Loss(chunk)
+
+        def value(params):
+            return functional_call(loss, {f"lm.{k}": v for k, v in params.items()}, (batch,))
+
+        one = grad(value)({k: v[1] for k, v in chains.items()})
+        both = vmap(grad(value))(chains)
+        gradients[chunk] = (one, both)
+    (one, both), (chunked_one, chunked_both) = gradients.values()
+    for name in one:
+        torch.testing.assert_close(chunked_one[name], one[name], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(chunked_both[name], both[name], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(both[name][1], one[name], rtol=1e-4, atol=1e-6)
+
+
 def test_checkpoints_stored_in_half_precision_load_in_float32(tmp_path):
     from transformers import GPTNeoXForCausalLM
 

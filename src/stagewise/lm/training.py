@@ -269,15 +269,65 @@ def token_losses(model: torch.nn.Module, input_ids: torch.Tensor, logits_per_chu
     The rows are evaluated in chunks of at most ``logits_per_chunk`` logits (rows × length ×
     vocabulary), so that the memory of the logits does not grow with the batch: 600 × 55
     observables at Pythia's vocabulary of 50 304 would otherwise form 6.6 GB of logits at once
-    (and as much again for their log-softmax).  Under autograd the chunks' graphs are kept
-    until the backward pass, as one batch's would be."""
+    (and as much again for their log-softmax).  Under autograd, a model with a linear output
+    layer (``get_output_embeddings``, as transformers' causal LMs have) runs its body once and
+    its output layer and loss through :class:`_ChunkedHeadLosses`, whose backward pass
+    recomputes one chunk's logits at a time instead of keeping the whole batch's (an SGLD
+    gradient on 64 × 55 tokens at Pythia's vocabulary would keep 0.7 GB of logits, as much of
+    log-softmax and of their gradient)."""
     parameter = next(model.parameters(), None)
     if parameter is not None:
         input_ids = input_ids.to(parameter.device)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     rows = input_ids.shape[0] if vocab is None else max(1, logits_per_chunk // (vocab * input_ids.shape[1]))
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    if torch.is_grad_enabled() and isinstance(head, torch.nn.Linear) and rows < input_ids.shape[0]:
+        hidden = model.base_model(input_ids=input_ids).last_hidden_state[:, :-1]  # (batch, L − 1, width)
+        return _ChunkedHeadLosses.apply(head.weight, head.bias, hidden, input_ids[:, 1:], rows)
     return torch.cat([_token_losses(model, input_ids[start : start + rows])
                       for start in range(0, input_ids.shape[0], rows)])
+
+
+class _ChunkedHeadLosses(torch.autograd.Function):
+    """Per-token cross-entropy of a linear output layer, ``(rows, L − 1)``, whose backward pass
+    recomputes the logits chunk by chunk (``rows`` sequences at a time) instead of keeping the
+    whole batch's logits, log-softmax and their gradient: what activation checkpointing would
+    do, which ``torch.func.grad`` (the sampler's gradient) does not support."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(weight, bias, hidden, targets, rows):
+        losses = []
+        for start in range(0, hidden.shape[0], rows):
+            logits = torch.nn.functional.linear(hidden[start: start + rows], weight, bias)
+            losses.append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets[start: start + rows],
+                                                            reduction="none"))
+        return torch.cat(losses)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        weight, bias, hidden, targets, rows = inputs
+        ctx.save_for_backward(weight, bias, hidden, targets)
+        ctx.rows = rows
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        weight, bias, hidden, targets = ctx.saved_tensors
+        grad_weight = torch.zeros_like(weight)
+        grad_bias = None if bias is None else torch.zeros_like(bias)
+        grad_hidden = torch.empty_like(hidden)
+        for start in range(0, hidden.shape[0], ctx.rows):
+            chunk = slice(start, start + ctx.rows)
+            logits = torch.nn.functional.linear(hidden[chunk], weight, bias)       # (r, L − 1, V)
+            grad_logits = torch.softmax(logits, dim=-1)                            # d loss / d logits
+            grad_logits.scatter_add_(-1, targets[chunk, :, None], -torch.ones_like(grad_logits[..., :1]))
+            grad_logits *= grad_losses[chunk, :, None]
+            grad_hidden[chunk] = grad_logits @ weight
+            grad_weight += grad_logits.flatten(0, 1).T @ hidden[chunk].flatten(0, 1)
+            if grad_bias is not None:
+                grad_bias += grad_logits.sum(dim=(0, 1))
+        return grad_weight, grad_bias, grad_hidden, None, None
 
 
 def _token_losses(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
