@@ -100,6 +100,7 @@ class FixedTest:
 
     def __init__(self, side):
         self.side = side
+        self.null = np.zeros(1000)          # enough samples for any band the reading asks for
 
     def verdict(self, coverage=0.95):
         return self.side
@@ -155,3 +156,7 @@ def test_delimiter_direction_reading_is_corrected_for_the_steps_it_reads():
     assert contradicted / 300 > 0.1, contradicted     # 8 steps at 95 % each: about 20 %
     with pytest.raises(ValueError, match="level"):
         delimiter_direction_reading(steps, tests, [[]] * len(steps), level=0)
+    # 20 null samples a step cannot hold a tail of 0.3 %: the reading is not resolved
+    few = [ClassPairTest(5.0, 0.0, null[:20], null[:20], np.full(20, 5.0)) for _ in steps]
+    short = delimiter_direction_reading(steps, few, [[]] * len(steps))
+    assert short.holds is None and "fewer than the 320" in short.detail

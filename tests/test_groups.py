@@ -435,3 +435,13 @@ def test_block_resamples_keep_blocks_within_chains():
     assert np.all(blocks[..., 0] // 16 == blocks[..., -1] // 16), "a block stays in one chain"
     with pytest.raises(ValueError, match="block"):
         block_resamples(2, 4, 3, block=5)
+
+
+def test_autocorrelation_time_of_an_ar1_series():
+    # AR(1) with coefficient φ: τ = (1 + φ) / (1 − φ)
+    from stagewise.groups import autocorrelation_time
+
+    rng = np.random.default_rng(0)
+    for phi, expected in ((0.0, 1.0), (0.7, 1.7 / 0.3), (0.9, 19.0)):
+        x = autocorrelated(rng, 1, 8, 2000, phi)[..., 0]
+        assert autocorrelation_time(x) == pytest.approx(expected, rel=0.2)

@@ -143,6 +143,11 @@ class ClassPairTest:
     their own loadings (the random groups have the pool's, and a class that loads far more
     than a weakly loading pool has a far noisier prediction than they do); added to
     :attr:`null` in :attr:`combined_null`."""
+    mode_resolved: bool = True
+    """Whether the pool's mean correlation ``ρ(P, P)`` exceeds twice its block-bootstrap spread.
+    When it does not, the prediction divides by a number indistinguishable from 0 and the test
+    cannot be read (:meth:`verdict` is "inside the null"); reading the raw entry instead would
+    be fooled by a class that loads more than a weakly loading pool."""
 
     @property
     def excess(self) -> float:
@@ -174,7 +179,10 @@ class ClassPairTest:
         return float(2 * self.excess - high), float(2 * self.excess - low)
 
     def verdict(self, coverage: float = 0.95) -> str:
-        """Where :attr:`excess` lies against :meth:`band`: one of :data:`VERDICTS`."""
+        """Where :attr:`excess` lies against :meth:`band`: one of :data:`VERDICTS`; "inside the
+        null" when the pool's common mode is not resolved (:attr:`mode_resolved`)."""
+        if not self.mode_resolved:
+            return VERDICTS[1]
         return band_verdict(self.excess, *self.band(coverage))
 
 
@@ -194,22 +202,45 @@ def block_resamples(chains: int, draws: int, resamples: int, seed: int = 0,
     return (picked[..., None] + np.arange(block)).reshape(resamples, -1)[:, : chains * draws]
 
 
-def _resampled_excesses(draws: torch.Tensor, membership: np.ndarray, readers: list, exclude_same: np.ndarray | None,
-                        resamples: int, seed: int) -> list[np.ndarray]:
-    """Each reader's excess on block-resampled draws: ``readers`` maps the ``(g, g)`` group
-    correlation of ``membership`` ``(n, g)`` to ``(entry, predicted)``; returns one
-    ``(resamples,)`` array per reader.  ``draws`` ``(..., C, T, n)``."""
+def autocorrelation_time(series: np.ndarray) -> float:
+    """The integrated autocorrelation time of ``series`` ``(chains, draws)`` in draws (1 for
+    independent draws): ``1 + 2 Σ ρ_k`` over the autocorrelations averaged across chains,
+    summed in pairs while a pair stays positive (Geyer's initial positive sequence)."""
+    x = np.asarray(series, dtype=float)
+    x = x - x.mean(axis=1, keepdims=True)
+    T = x.shape[1]
+    variance = (x**2).mean()
+    if T < 4 or variance <= 0:
+        return 1.0
+    spectrum = np.fft.rfft(x, n=2 * T, axis=1)
+    covariance = np.fft.irfft(np.abs(spectrum) ** 2, axis=1)[:, :T].mean(axis=0) / T   # (T,) lag 0…T−1
+    rho = covariance / covariance[0]
+    total = -1.0
+    for m in range(T // 2):
+        pair = rho[2 * m] + rho[2 * m + 1]
+        if pair <= 0:
+            break
+        total += 2 * pair
+    return max(float(total), 1.0)
+
+
+def _resampled_matrices(draws: torch.Tensor, membership: np.ndarray, exclude_same: np.ndarray | None,
+                        resamples: int, seed: int) -> np.ndarray:
+    """The ``(g, g)`` group correlation of ``membership`` ``(n, g)`` on block-resampled draws
+    (:func:`block_resamples`): ``(resamples, g, g)``.  ``draws`` ``(..., C, T, n)``.  The
+    blocks are at least twice the longest autocorrelation time of the groups' mean
+    standardized losses (and ``⌈√T⌉``, at most ``T / 2``), so that a block holds what a slowly
+    mixing chain carries from one draw to the next."""
     chains = draws.reshape(-1, *draws.shape[-2:])
     C, T, _ = chains.shape
     pooled = chains.reshape(C * T, -1)
-    values = np.empty((len(readers), resamples))
-    for r, index in enumerate(block_resamples(C, T, resamples, seed)):
-        Z = standardized_losses(pooled[torch.as_tensor(index)][None]).double()
-        matrix = _group_correlation(Z, membership, exclude_same)
-        for k, read in enumerate(readers):
-            entry, predicted = read(matrix)
-            values[k, r] = entry - predicted
-    return list(values)
+    M = torch.as_tensor(np.asarray(membership, dtype=float))
+    means = (M.T @ standardized_losses(draws).double() / M.sum(0).clamp_min(1)[:, None]).numpy()   # (g, C·T)
+    tau = max(autocorrelation_time(row.reshape(C, T)) for row in means)
+    block = int(min(max(math.ceil(2 * tau), math.ceil(math.sqrt(T))), max(T // 2, 1)))
+    return np.stack([_group_correlation(standardized_losses(pooled[torch.as_tensor(index)][None]).double(),
+                                        membership, exclude_same)
+                     for index in block_resamples(C, T, resamples, seed, block)])
 
 
 def _one_factor_excess(matrix: np.ndarray) -> tuple[float, float]:
@@ -374,6 +405,21 @@ def _self_excess(matrix: np.ndarray) -> tuple[float, float]:
     return float(matrix[0, 0]), float(matrix[0, 1] ** 2 / pool if pool > 0 else 0.0)
 
 
+def _loading_aware_test(sums: "_PairedSums", membership: np.ndarray, classes: tuple[np.ndarray, ...],
+                        pool: np.ndarray, read, samples: int, seed: int, chunk: int) -> ClassPairTest:
+    """The test of ``classes`` (token indices; ``membership`` ``(n, g)`` holds them and the pool
+    last), read by ``read`` (:func:`_one_factor_excess` or :func:`_self_excess`)."""
+    observed = sums(membership)
+    resamples = _resampled_matrices(sums.draws, membership, sums.exclude_same, samples, seed)
+    resolved = bool(observed[-1, -1] > 2 * np.nanstd(resamples[:, -1, -1]))
+    entry, predicted = read(observed)
+    resampled = np.array([np.subtract(*read(matrix)) for matrix in resamples])
+    null, raw = _random_groups_null(sums, len(sums.valid), pool, classes, sums.units, samples, seed, chunk,
+                                    read=read)
+    return ClassPairTest(entry=entry, predicted=predicted, null=null, raw_null=raw, resampled=resampled,
+                         mode_resolved=resolved)
+
+
 def _paired_sums_self_test(sums: "_PairedSums", members: np.ndarray, pool: np.ndarray, samples: int, seed: int,
                            chunk: int = 20) -> ClassPairTest:
     n = sums.Z.shape[0]
@@ -385,10 +431,7 @@ def _paired_sums_self_test(sums: "_PairedSums", members: np.ndarray, pool: np.nd
         raise ValueError(f"need at least one sample, got {samples}")
     membership = np.zeros((n, 2), dtype=bool)
     membership[members, 0], membership[pool, 1] = True, True
-    entry, predicted = _self_excess(sums(membership))
-    null, raw = _random_groups_null(sums, n, pool, (members,), sums.units, samples, seed, chunk, read=_self_excess)
-    resampled, = _resampled_excesses(sums.draws, membership, [_self_excess], sums.exclude_same, samples, seed)
-    return ClassPairTest(entry=entry, predicted=predicted, null=null, raw_null=raw, resampled=resampled)
+    return _loading_aware_test(sums, membership, (members,), pool, _self_excess, samples, seed, chunk)
 
 
 class _PairedSums:
@@ -446,10 +489,7 @@ def _paired_sums_pair_test(sums: _PairedSums, first: np.ndarray, second: np.ndar
                                                                         (pool, "pool")))
     membership = np.zeros((n, 3), dtype=bool)
     membership[first, 0], membership[second, 1], membership[pool, 2] = True, True, True
-    entry, predicted = _one_factor_excess(sums(membership))
-    null, raw = _random_groups_null(sums, n, pool, (first, second), sums.units, samples, seed, chunk)
-    resampled, = _resampled_excesses(sums.draws, membership, [_one_factor_excess], sums.exclude_same, samples, seed)
-    return ClassPairTest(entry=entry, predicted=predicted, null=null, raw_null=raw, resampled=resampled)
+    return _loading_aware_test(sums, membership, (first, second), pool, _one_factor_excess, samples, seed, chunk)
 
 
 def class_relation_tests(draws: torch.Tensor, target: np.ndarray, partners: np.ndarray,

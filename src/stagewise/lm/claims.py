@@ -15,6 +15,7 @@ for the book to report, never an assertion that stops a build:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -106,7 +107,8 @@ def delimiter_direction_reading(steps: Sequence[int], tests: Sequence[ClassPairT
     every step in ``early`` resolves above and every step from ``later`` on resolves below;
     ``contradicted`` (False) when some step resolves the side opposite to the paper's (below
     early, above later); otherwise ``unresolved`` (None), which includes checkpoints that do
-    not reach one of the two windows.  The word is the detail's first.
+    not reach one of the two windows, and tests with fewer null samples than the widened band's
+    tails need (``2 m / level``).  The word is the detail's first.
     """
     steps, tests = list(steps), list(tests)
     chain_tests = [list(row) for row in chain_tests]
@@ -117,6 +119,9 @@ def delimiter_direction_reading(steps: Sequence[int], tests: Sequence[ClassPairT
         raise ValueError(f"level must lie in (0, 1), got {level}")
     in_windows = [k for k, s in enumerate(steps) if early[0] <= s <= early[1] or s >= later]
     coverage = 1 - level / max(len(in_windows), 1)
+    # a band's tail of (1 − coverage) / 2 needs that many null samples to be more than the extremes
+    needed = math.ceil(2 * max(len(in_windows), 1) / level - 1e-9)
+    fewest = min((len(tests[k].null) for k in in_windows), default=needed)
     above, inside, below = VERDICTS
     opposite = {above: below, below: above}
 
@@ -131,6 +136,9 @@ def delimiter_direction_reading(steps: Sequence[int], tests: Sequence[ClassPairT
     later_sides = [(s, resolved(k)) for k, s in enumerate(steps) if s >= later]
     detail = "; ".join(f"step {s}: {side}" for s, side in early_sides + later_sides) or "no step in either window"
     detail += f" (each at {coverage:.1%} coverage, Bonferroni over {len(in_windows)} steps)"
+    if fewest < needed:
+        return ClaimVerdict(claim, None, f"{PAPER_READINGS[2]}: {fewest} null samples a step, fewer than the "
+                            f"{needed} a tail of {(1 - coverage) / 2:.2%} needs; {detail}")
     if any(side == below for _, side in early_sides) or any(side == above for _, side in later_sides):
         return ClaimVerdict(claim, False, f"{PAPER_READINGS[1]}: {detail}")
     if early_sides and later_sides and all(side == above for _, side in early_sides) \
