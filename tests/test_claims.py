@@ -160,3 +160,13 @@ def test_delimiter_direction_reading_is_corrected_for_the_steps_it_reads():
     few = [ClassPairTest(5.0, 0.0, null[:20], null[:20], np.full(20, 5.0)) for _ in steps]
     short = delimiter_direction_reading(steps, few, [[]] * len(steps))
     assert short.holds is None and "fewer than the 320" in short.detail
+
+
+def test_delimiter_direction_reading_says_where_a_step_is_not_read():
+    from stagewise.groups import ClassPairTest
+    from stagewise.lm.claims import delimiter_direction_reading
+
+    null = np.random.default_rng(1).normal(size=400)
+    tests = [ClassPairTest(5.0, 0.0, null, null, np.zeros(400), mode_resolved=False) for _ in range(2)]
+    reading = delimiter_direction_reading([64, 3000], tests, [[], []])
+    assert reading.holds is None and "step 64: not read" in reading.detail

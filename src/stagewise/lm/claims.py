@@ -126,6 +126,8 @@ def delimiter_direction_reading(steps: Sequence[int], tests: Sequence[ClassPairT
     opposite = {above: below, below: above}
 
     def resolved(k: int) -> str:
+        if not getattr(tests[k], "mode_resolved", True):
+            return "not read (the other tokens' shared mode is not resolved)"
         side = tests[k].verdict(coverage)
         if side in opposite and opposite[side] in [t.verdict(coverage) for t in chain_tests[k]]:
             return f"pooled {side}, a chain {opposite[side]}"
