@@ -204,10 +204,11 @@ def block_resamples(chains: int, draws: int, resamples: int, seed: int = 0,
 
 def autocorrelation_time(series: np.ndarray) -> float:
     """The integrated autocorrelation time of ``series`` ``(chains, draws)`` in draws (1 for
-    independent draws): ``1 + 2 Σ ρ_k`` over the autocorrelations averaged across chains,
-    summed in pairs while a pair stays positive (Geyer's initial positive sequence)."""
+    independent draws): ``1 + 2 Σ ρ_k`` over the autocorrelations about the pooled mean,
+    averaged across chains, summed in pairs while a pair stays positive (Geyer's initial
+    positive sequence)."""
     x = np.asarray(series, dtype=float)
-    x = x - x.mean(axis=1, keepdims=True)
+    x = x - x.mean()   # the pooled mean: a chain's own mean would hide how slowly it wanders from it
     T = x.shape[1]
     variance = (x**2).mean()
     if T < 4 or variance <= 0:
