@@ -225,22 +225,21 @@ def autocorrelation_time(series: np.ndarray) -> float:
     return max(float(total), 1.0)
 
 
-def _resampled_matrices(draws: torch.Tensor, membership: np.ndarray, exclude_same: np.ndarray | None,
-                        resamples: int, seed: int) -> np.ndarray:
+def _resampled_matrices(sums: "_PairedSums", membership: np.ndarray, resamples: int, seed: int) -> np.ndarray:
     """The ``(g, g)`` group correlation of ``membership`` ``(n, g)`` on block-resampled draws
-    (:func:`block_resamples`): ``(resamples, g, g)``.  ``draws`` ``(..., C, T, n)``.  The
+    (:func:`block_resamples`) of ``sums``' draws ``(..., C, T, n)``: ``(resamples, g, g)``.  The
     blocks are at least twice the longest autocorrelation time of the groups' mean
     standardized losses (and ``⌈√T⌉``, at most ``T / 2``), so that a block holds what a slowly
     mixing chain carries from one draw to the next."""
-    chains = draws.reshape(-1, *draws.shape[-2:])
+    chains = sums.draws.reshape(-1, *sums.draws.shape[-2:])
     C, T, _ = chains.shape
     pooled = chains.reshape(C * T, -1)
     M = torch.as_tensor(np.asarray(membership, dtype=float))
-    means = (M.T @ standardized_losses(draws).double() / M.sum(0).clamp_min(1)[:, None]).numpy()   # (g, C·T)
+    means = (M.T @ sums.Z / M.sum(0).clamp_min(1)[:, None]).numpy()   # (g, C·T) the groups' mean losses
     tau = max(autocorrelation_time(row.reshape(C, T)) for row in means)
     block = int(min(max(math.ceil(2 * tau), math.ceil(math.sqrt(T))), max(T // 2, 1)))
     return np.stack([_group_correlation(standardized_losses(pooled[torch.as_tensor(index)][None]).double(),
-                                        membership, exclude_same)
+                                        membership, sums.exclude_same)
                      for index in block_resamples(C, T, resamples, seed, block)])
 
 
@@ -261,15 +260,21 @@ class _Units:
 
     def __init__(self, pool: np.ndarray, labels: torch.Tensor | None) -> None:
         self.pool = pool
+        self.labels = None if labels is None else labels.numpy()
         self.unit = (np.arange(len(pool)) if labels is None else
-                     np.unique(labels.numpy()[pool], return_inverse=True)[1].reshape(-1))
+                     np.unique(self.labels[pool], return_inverse=True)[1].reshape(-1))
         self.sizes = np.bincount(self.unit)
 
-    def structure(self, members: np.ndarray, labels: torch.Tensor | None) -> np.ndarray:
+    def structure(self, members: np.ndarray) -> np.ndarray:
         """A class's copies per unit, largest first: ``(units,)``."""
-        if labels is None:
+        if self.labels is None:
             return np.ones(len(members), dtype=int)
-        return np.sort(np.unique(labels.numpy()[members], return_counts=True)[1])[::-1].copy()
+        return np.sort(np.unique(self.labels[members], return_counts=True)[1])[::-1].copy()
+
+    def _size_biased_order(self, rng: np.random.Generator) -> np.ndarray:
+        """All units in a random order drawn without replacement with chances proportional to
+        their sizes (Efraimidis–Spirakis keys)."""
+        return np.argsort(-np.log(rng.random(len(self.sizes))) / self.sizes)
 
     def draw(self, rng: np.random.Generator, structures: list[np.ndarray]) -> list[np.ndarray]:
         """Random groups of whole units of the pool, one per class structure, and the rest of
@@ -287,8 +292,7 @@ class _Units:
         rest = np.ones(len(self.pool), dtype=bool)
         groups = []
         disjoint = sum(map(len, structures)) <= len(self.sizes)
-        ordered = np.argsort(-np.log(rng.random(len(self.sizes))) / self.sizes)  # Efraimidis–Spirakis:
-        used = 0                                                                  # a size-biased order
+        ordered, used = self._size_biased_order(rng), 0
         for structure in structures:
             if len(structure) > len(self.sizes):
                 raise ValueError(f"the pool has {len(self.sizes)} ids (units), fewer than a class's "
@@ -296,7 +300,7 @@ class _Units:
             if disjoint:
                 units, used = ordered[used: used + len(structure)], used + len(structure)
             else:
-                units = np.argsort(-np.log(rng.random(len(self.sizes))) / self.sizes)[: len(structure)]
+                units = self._size_biased_order(rng)[: len(structure)]
             units = units[np.argsort(-(self.sizes - taken)[units], kind="stable")]
             quota = np.zeros(len(self.sizes), dtype=int)
             quota[units] = np.minimum(structure, self.sizes[units] - taken[units])
@@ -319,7 +323,7 @@ def _random_groups_null(correlate, n: int, pool: np.ndarray, classes: tuple[np.n
     the excess over the prediction and the raw entry of every sample."""
     rng = np.random.default_rng(seed)
     units = _Units(pool, labels)
-    structures = [units.structure(members, labels) for members in classes]
+    structures = [units.structure(members) for members in classes]
     g = len(classes) + 1
     null, raw = [], []
     for start in range(0, samples, chunk):
@@ -389,8 +393,9 @@ def class_self_test(draws: torch.Tensor, members: np.ndarray, pool: np.ndarray |
     class's mean correlation over pairs of its distinct tokens, ``ρ(A, A)``, against what its
     loading on the pooled mode predicts, ``ρ(A, P)² / ρ(P, P)``, and the excess beside the same
     excess for ``samples`` random groups of the pool with the class's unit structure (as
-    :func:`class_pair_test` draws them), each against the rest of the pool.  A class that merely loads more (or less) on the common mode than the pool
-    stays inside the null; a component its tokens alone share puts it above.
+    :func:`class_pair_test` draws them), each against the rest of the pool.  A class that
+    merely loads more (or less) on the common mode than the pool stays inside the null; a
+    component its tokens alone share puts it above.
 
     ``members`` is a ``(n,)`` mask (or indices) of the class; ``pool`` the other tokens
     (default: all the others); ``exclude_same`` as in :func:`group_correlation`."""
@@ -411,7 +416,7 @@ def _loading_aware_test(sums: "_PairedSums", membership: np.ndarray, classes: tu
     """The test of ``classes`` (token indices; ``membership`` ``(n, g)`` holds them and the pool
     last), read by ``read`` (:func:`_one_factor_excess` or :func:`_self_excess`)."""
     observed = sums(membership)
-    resamples = _resampled_matrices(sums.draws, membership, sums.exclude_same, samples, seed)
+    resamples = _resampled_matrices(sums, membership, samples, seed)
     resolved = bool(observed[-1, -1] > 2 * np.nanstd(resamples[:, -1, -1]))
     entry, predicted = read(observed)
     resampled = np.array([np.subtract(*read(matrix)) for matrix in resamples])
@@ -572,11 +577,10 @@ def pool_loadings(Z: torch.Tensor, pool: np.ndarray, labels: np.ndarray | None =
     per_count = torch.zeros(groups, dtype=torch.float64).index_add_(0, lab, member)
     total = member @ Z                                                          # (D,) the pool's sum
     with_pool = (Z @ total - (Z * per_label[lab]).sum(dim=1)) / (member.sum() - per_count[lab]).clamp_min(1)
-    pairs = member.sum() ** 2 - (per_count**2).sum()
-    pool_mean = (total @ total - (per_label**2).sum()) / pairs.clamp_min(1)
-    if pool_mean <= 0:
+    pool_mean = float(_group_correlation(Z, (member > 0).numpy()[:, None], labels)[0, 0])
+    if not pool_mean > 0:
         return torch.zeros(n, dtype=torch.float64)
-    return with_pool / pool_mean.sqrt()
+    return with_pool / math.sqrt(pool_mean)
 
 
 def knn_neighbours(draws: torch.Tensor, k: int = 30, exclude_same: Exclusion = None, block: int = 1024,
