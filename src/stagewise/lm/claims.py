@@ -91,6 +91,19 @@ PAPER_READINGS: tuple[str, ...] = ("confirmed", "contradicted", "unresolved")
 """What a run says about a reading of the paper."""
 
 
+def _steps_in_windows(steps: Sequence[int], early: tuple[int, int], later: int) -> list[int]:
+    """Indices of the ``steps`` in the early window or from ``later`` on."""
+    return [k for k, s in enumerate(steps) if early[0] <= s <= early[1] or s >= later]
+
+
+def direction_null_samples(steps: Sequence[int], early: tuple[int, int] = (1, 512), later: int = 2000,
+                           level: float = 0.05) -> int:
+    """The null samples a step needs for :func:`delimiter_direction_reading` at these steps:
+    ``2 m / level`` for the ``m`` steps in its windows, so that a band's tail of
+    ``level / (2 m)`` (the Bonferroni coverage's) is more than the most extreme sample."""
+    return math.ceil(2 * max(len(_steps_in_windows(steps, early, later)), 1) / level - 1e-9)
+
+
 def delimiter_direction_reading(steps: Sequence[int], tests: Sequence[ClassPairTest],
                                 chain_tests: Sequence[Sequence[ClassPairTest]], early: tuple[int, int] = (1, 512),
                                 later: int = 2000, level: float = 0.05) -> ClaimVerdict:
@@ -108,7 +121,7 @@ def delimiter_direction_reading(steps: Sequence[int], tests: Sequence[ClassPairT
     ``contradicted`` (False) when some step resolves the side opposite to the paper's (below
     early, above later); otherwise ``unresolved`` (None), which includes checkpoints that do
     not reach one of the two windows, and tests with fewer null samples than the widened band's
-    tails need (``2 m / level``).  The word is the detail's first.
+    tails need (:func:`direction_null_samples`).  The word is the detail's first.
     """
     steps, tests = list(steps), list(tests)
     chain_tests = [list(row) for row in chain_tests]
@@ -117,10 +130,9 @@ def delimiter_direction_reading(steps: Sequence[int], tests: Sequence[ClassPairT
                          f"{len(tests)} tests, {len(chain_tests)} rows")
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
-    in_windows = [k for k, s in enumerate(steps) if early[0] <= s <= early[1] or s >= later]
+    in_windows = _steps_in_windows(steps, early, later)
     coverage = 1 - level / max(len(in_windows), 1)
-    # a band's tail of (1 − coverage) / 2 needs that many null samples to be more than the extremes
-    needed = math.ceil(2 * max(len(in_windows), 1) / level - 1e-9)
+    needed = direction_null_samples(steps, early, later, level)
     fewest = min((len(tests[k].null) for k in in_windows), default=needed)
     above, inside, below = VERDICTS
     opposite = {above: below, below: above}
