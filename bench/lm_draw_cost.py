@@ -31,7 +31,7 @@ import torch
 from transformers import GPTNeoXForCausalLM
 
 import machine
-from stagewise import get_profile
+from stagewise.book.profiles import get_profile
 from stagewise.groups import group_correlation, knn_class_recall
 from stagewise.lm.training import LMConfig, pythia_architecture, token_losses
 from stagewise.sampling import SGLDConfig, sample_losses

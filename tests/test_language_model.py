@@ -315,17 +315,6 @@ def test_a_branch_forked_from_a_kept_state_equals_one_trained_through(tmp_path):
     assert not torch.equal(next(through.load(40).parameters()), next(LocalCheckpoints(parent).load(40).parameters()))
 
 
-def test_language_model_modules_import_neither_profiles_nor_the_cache():
-    from pathlib import Path
-
-    import stagewise.lm
-    from stagewise.cache import dependency_scope
-
-    for module in sorted(Path(stagewise.lm.__file__).parent.glob("*.py")):
-        scope = dependency_scope(module.resolve())
-        assert "profiles.py" not in scope and "cache.py" not in scope, f"{module.name} reaches {scope}"
-
-
 def _recorded_batches(monkeypatch, config, stream, directory, **kwargs):
     """Train ``config`` and return ``{step: batch}`` of every batch it drew."""
     from stagewise.lm import training

@@ -1,7 +1,7 @@
 import pytest
 
-from stagewise import get_profile
-from stagewise.profiles import PROFILE_ENV, PROFILES
+from stagewise.book.profiles import get_profile
+from stagewise.book.profiles import PROFILE_ENV, PROFILES
 
 
 def test_named_profiles_exist_and_grow():
@@ -25,7 +25,7 @@ def test_unknown_profile_lists_valid_ones(monkeypatch):
 
 def test_training_seed_comes_from_the_profile_and_the_environment(monkeypatch):
     from stagewise.book import toy as book_toy
-    from stagewise.profiles import SEED_ENV
+    from stagewise.book.profiles import SEED_ENV
 
     monkeypatch.delenv(SEED_ENV, raising=False)
     assert get_profile("fast").seed != get_profile("default").seed   # the tests run another seed than the book

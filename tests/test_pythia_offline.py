@@ -21,7 +21,7 @@ import torch
 
 from pythia_stand_in import STAND_IN, build_hub_cache, build_pile
 from stagewise.lm.checkpoints import PYTHIA_STEPS
-from stagewise.profiles import LM_SOURCE_ENV, get_profile
+from stagewise.book.profiles import LM_SOURCE_ENV, get_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 REVISIONS = (0, 512, 1000)
@@ -147,7 +147,7 @@ def test_chapter_5s_boundary_runs_on_the_hub_stand_in(stand_in, tmp_path):
     run's, which the chapter's own test executes): sizes from the hub config, the run, the draws."""
     hub, pile = stand_in
     script = """
-        from stagewise import get_profile
+        from stagewise.book.profiles import get_profile
         from stagewise.book.lm import PAPER_SAMPLER, lm_source, prepare_run, study_sizes, token_draws
 
         profile = get_profile()

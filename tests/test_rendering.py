@@ -102,8 +102,8 @@ BUILD = ROOT / "_build" / "test"
 @pytest.fixture(scope="module")
 def built_book(executed_pages) -> Path:
     """The book built (fast profile) from the pages this session executed, as ``make book``
-    builds it (:func:`stagewise.cli.build_from_executed`): nothing runs twice."""
-    from stagewise.cli import build_from_executed
+    builds it (:func:`stagewise.book.cli.build_from_executed`): nothing runs twice."""
+    from stagewise.book.cli import build_from_executed
 
     out = BUILD / "book"
     shutil.rmtree(out, ignore_errors=True)
@@ -202,7 +202,7 @@ def test_theory_chapter_glues_captions_cites_and_hides_solutions(built_book, the
 
 
 def test_every_chapter_page_offers_its_notebook_and_source(built_book):
-    from stagewise.cli import chapters
+    from stagewise.book.cli import chapters
 
     for chapter in chapters():
         html = (built_book / f"{chapter.name}.html").read_text(encoding="utf-8")

@@ -137,7 +137,7 @@ def test_domain_modules_neither_cache_nor_read_profiles():
                 imported |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
             elif isinstance(node, ast.Import):
                 imported |= {alias.name for alias in node.names}
-        assert not imported & {"stagewise.cache", "stagewise.profiles"}, path.name
+        assert not imported & {"stagewise.book.cache", "stagewise.book.profiles"}, path.name
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU to compare with the CPU")

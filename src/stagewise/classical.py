@@ -32,7 +32,7 @@ from torch import nn
 from torch.func import functional_call, jacfwd, jacrev
 from torch.utils._pytree import tree_flatten, tree_map
 
-from stagewise.progress import progress as progress_bar
+from stagewise._progress import progress_bar
 from stagewise.sampling import LossFn, PerSampleLoss, as_tensors
 
 

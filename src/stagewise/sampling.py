@@ -43,7 +43,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.data import DataLoader, Dataset, SequentialSampler, default_collate
-from stagewise.progress import progress as progress_bar
+from stagewise._progress import progress_bar
 
 from stagewise.distributed import all_gather, join_from_environment, rank_and_size, share
 

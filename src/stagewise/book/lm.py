@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from stagewise.book import book_device
-from stagewise.cache import artifact_key, cache_dir, cached
+from stagewise.book.cache import artifact_key, cache_dir, cached
 from stagewise.lm import experiment, sources
 from stagewise.influence import at_equal_travel
 from stagewise.lm.experiment import LanguageModelRun, StepCheck, TokenDraws, TokenInfluenceConfig, branch_run
 from stagewise.lm.sources import LanguageModelSource, LocalSource, PythiaSource, SourceUnavailable
 from stagewise.lm.training import LMConfig
-from stagewise.profiles import LM_SOURCE_ENV, LanguageModelSizes, Profile, get_profile
+from stagewise.book.profiles import LM_SOURCE_ENV, LanguageModelSizes, Profile, get_profile
 from stagewise.sampling import SGLDConfig
 
 # The domain's LanguageModelRun, TokenInfluenceConfig and branch_run are importable from here too,

@@ -1,6 +1,6 @@
 """The book's boundary for Chapters 2 to 4 (the toy model): profile sizes, the device and
 caching around the domain functions of :mod:`stagewise.toy`, :mod:`stagewise.influence` and
-:mod:`stagewise.retraining`.
+:mod:`stagewise.toy.retraining`.
 
 Run Chapter 3's sampling on ``N`` GPUs (or ``N`` CPU processes), filling the cache the chapter
 then reads::
@@ -15,13 +15,13 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from stagewise import retraining
+from stagewise.toy import retraining
 from stagewise.book import book_device
-from stagewise.cache import cached
+from stagewise.book.cache import cached
 from stagewise.classical import LocalCurvature, gaussian_bif, local_curvature
 from stagewise.distributed import init_from_environment, rank_and_size
 from stagewise.influence import BIFTrajectory, Calibration, calibrate
-from stagewise.profiles import ToySizes, get_profile
+from stagewise.book.profiles import ToySizes, get_profile
 from stagewise.sampling import SGLDConfig
 from stagewise.toy import experiment as toy_experiment
 from stagewise.toy.experiment import (
@@ -81,7 +81,7 @@ def bif_setting(run: ToyExperiment | None = None) -> SGLDConfig:
 
 def training_config() -> TrainingConfig:
     """The chapters' training hyperparameters (App. C.1) with the profile's training seed
-    (:attr:`stagewise.profiles.Profile.seed`; ``$STAGEWISE_SEED`` overrides it)."""
+    (:attr:`stagewise.book.profiles.Profile.seed`; ``$STAGEWISE_SEED`` overrides it)."""
     return TrainingConfig(seed=get_profile().seed)
 
 
@@ -156,7 +156,7 @@ def gaussian_limit(run: ToyExperiment, config: SGLDConfig, stride: int = 1) -> n
 
 
 def upweighting(run: ToyExperiment, perturb: str) -> np.ndarray:
-    """:func:`stagewise.retraining.upweighting_influence` at every checkpoint (cached): ``(T, P, N)``."""
+    """:func:`stagewise.toy.retraining.upweighting_influence` at every checkpoint (cached): ``(T, P, N)``."""
     key = {"training": run.config, "epochs": run.epochs.tolist(), "perturb": perturb}
     return cached("toy-upweighting", key, lambda: retraining.upweighting_influence(
         run.data, run.config, run.epochs, perturb=perturb, device=device()), depends_on=retraining.upweighting_influence)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from stagewise._files import written_atomically
-from stagewise.progress import progress as progress_bar
+from stagewise._progress import progress_bar
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 LR_SCHEDULES = ("cosine", "constant")

@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from stagewise.progress import progress as progress_bar
+from stagewise._progress import progress_bar
 
 from stagewise.diagnostics import DIVERGED
 from stagewise.influence import BIFTrajectory, Calibration, bif_trajectory, calibrate, trajectory_from_draws

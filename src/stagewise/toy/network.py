@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from stagewise.progress import progress as progress_bar
+from stagewise._progress import progress_bar
 
 from stagewise.toy.data import Hierarchy
 

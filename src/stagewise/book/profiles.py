@@ -10,7 +10,7 @@ with the environment variable ``STAGEWISE_PROFILE``:
 ``paper``
     the paper's sizes, meant for a GPU.
 
->>> from stagewise import get_profile
+>>> from stagewise.book.profiles import get_profile
 >>> get_profile("fast").name
 'fast'
 """
