@@ -60,6 +60,12 @@ class TokenInfluenceConfig:
     """Seeds the choice of the sampling and observable sequences."""
 
 
+PAPER_TABLE_2 = TokenInfluenceConfig()
+"""The paper's Table 2 for Pythia-14m, the defaults above: SGLD at ε = 1e-6, nβ = 256 (of
+{256, 1024}), γ = 1000 (of {500, 1000}), 4 chains × 200 draws on minibatches of 64, and 600
+observable sequences × 55 tokens."""
+
+
 @dataclass
 class LanguageModelRun:
     """Checkpoints with their tokenizer and the fixed sampling and observable sets."""
