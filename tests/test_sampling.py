@@ -145,6 +145,39 @@ def test_local_bif_is_a_symmetric_covariance_with_correct_sign():
     torch.testing.assert_close(torch.diagonal(corr), -torch.ones(6, dtype=corr.dtype))
 
 
+def test_local_bif_and_the_trajectory_share_one_divergence_policy_and_one_dtype():
+    model = nn.Linear(2, 1)
+    x, y = torch.randn(8, 2), torch.randn(8, 1)
+    loss = lambda m, batch: ((m(batch[0]) - batch[1]) ** 2).sum(-1)
+    calm = SGLDConfig(epsilon=1e-3, nbeta=16.0, gamma=100.0, chains=2, draws=40)
+    one = local_bif(model, loss, (x, y), calm, progress=False)
+    run = bif_trajectory(model, loss, (x, y), [model.state_dict()], calm, progress=False)
+    assert one.dtype == run.bif.dtype == torch.float64
+    torch.testing.assert_close(one, run.bif[0], rtol=0, atol=0)
+    wild = SGLDConfig(epsilon=1.0, nbeta=1e4, gamma=1e5, chains=2, draws=100)
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        assert torch.isnan(local_bif(model, loss, (x, y), wild, progress=False)).all()
+    assert bif_trajectory(model, loss, (x, y), [model.state_dict()], wild, progress=False).verdicts == ["diverged"]
+    for call in (lambda: local_bif(model, loss, (x, y), wild, progress=False, on_divergence="raise"),
+                 lambda: bif_trajectory(model, loss, (x, y), [model.state_dict()], wild, progress=False,
+                                        on_divergence="raise")):
+        with pytest.raises(SamplerDivergence):
+            call()
+
+
+def test_the_llc_has_its_own_verb_with_the_trajectorys_numbers():
+    from stagewise import llc_trajectory
+
+    rows = torch.randn(6, 3, dtype=torch.float64)
+    config = SGLDConfig(nbeta=10.0, gamma=10.0, epsilon=2e-3, chains=4, draws=100)
+    checkpoints = [Linear(3).state_dict()]
+    llc = llc_trajectory(Linear(3), linear_loss, rows, checkpoints, config, progress=False, step_check=True)
+    run = bif_trajectory(Linear(3), linear_loss, rows, checkpoints, config, progress=False, step_check=True)
+    torch.testing.assert_close(llc.llc, run.llc, rtol=0, atol=0)
+    torch.testing.assert_close(llc.reference_llc, run.reference.llc, rtol=0, atol=0)
+    assert llc.verdicts == run.verdicts and llc.draws == config.draws and llc.step_change is not None
+
+
 def test_llc_of_a_quadratic_well():
     # l_i(w) = 0.5 |w|^2 for every sample: a regular model in d dimensions has lambda = d/2.
     class Well(nn.Module):

@@ -9,11 +9,13 @@ book's plumbing around them (profiles, cache, command line, plots, progress).
 """
 
 from stagewise.diagnostics import Criteria
-from stagewise.influence import BIFTrajectory, Calibration, bif_matrix, bif_trajectory, calibrate, local_bif
+from stagewise.influence import (
+    BIFTrajectory, Calibration, LLCTrajectory, bif_matrix, bif_trajectory, calibrate, llc_trajectory, local_bif,
+)
 from stagewise.sampling import LossDraws, SamplerDivergence, SGLDConfig, sample_losses
 
 __all__ = [
     "calibrate", "Calibration", "Criteria", "bif_trajectory", "BIFTrajectory",
-    "local_bif", "bif_matrix", "sample_losses", "LossDraws", "SGLDConfig", "SamplerDivergence",
+    "local_bif", "llc_trajectory", "LLCTrajectory", "bif_matrix", "sample_losses", "LossDraws", "SGLDConfig", "SamplerDivergence",
 ]
 __version__ = "0.1.0"

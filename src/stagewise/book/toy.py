@@ -20,7 +20,7 @@ from stagewise.book import book_device
 from stagewise.book.cache import cached
 from stagewise.classical import LocalCurvature, gaussian_bif, local_curvature
 from stagewise.distributed import init_from_environment, rank_and_size
-from stagewise.influence import BIFTrajectory, Calibration, calibrate
+from stagewise.influence import BIFTrajectory, Calibration, LLCTrajectory, calibrate
 from stagewise.book.profiles import ToySizes, get_profile
 from stagewise.sampling import SGLDConfig
 from stagewise.toy import experiment as toy_experiment
@@ -105,6 +105,18 @@ def bif_trajectory(run: ToyExperiment, config: SGLDConfig, stride: int = 1, prog
     rank, _ = rank_and_size()
     return cached("toy-bif", key, lambda: run.bif_trajectory(config, stride, progress=progress and rank == 0, device=where,
                                                             step_check=step_check),
+                  depends_on=toy_experiment)
+
+
+def llc_trajectory(run: ToyExperiment, config: SGLDConfig, stride: int = 1, progress: bool = True,
+                   step_check: bool = False) -> LLCTrajectory:
+    """:meth:`ToyExperiment.llc_trajectory` on the chapters' device, cached by configuration."""
+    where = device()
+    key = {"training": run.config, "checkpoints": len(run.epochs), "stride": stride, "sgld": config,
+           "device": where.type, "step_check": step_check}
+    rank, _ = rank_and_size()
+    return cached("toy-llc", key, lambda: run.llc_trajectory(config, stride, progress=progress and rank == 0,
+                                                            device=where, step_check=step_check),
                   depends_on=toy_experiment)
 
 
