@@ -50,7 +50,7 @@ def lm_source(profile: Profile | None = None) -> LanguageModelSource:
 
 def _check(source: LanguageModelSource) -> None:
     try:
-        sources.check_available(source)
+        source.check_available()
     except SourceUnavailable as error:
         raise SourceUnavailable(f"{error}.\n{OFFLINE_HINT}") from None
 
@@ -61,7 +61,7 @@ def study_sizes(profile: Profile | None = None) -> LanguageModelSizes:
     saying what is missing, when Pythia cannot be reached)."""
     profile = profile or get_profile()
     source = lm_source(profile)
-    if isinstance(source, LocalSource):
+    if not source.published_checkpoints:
         return profile.lm
     _check(source)
     from transformers import AutoConfig
@@ -102,8 +102,8 @@ def prepare_run(study: TokenInfluenceConfig, source: LanguageModelSource | None 
     source = lm_source() if source is None else source
     _check(source)
     train = train or keep_states
-    if isinstance(source, PythiaSource) and train:
-        study = replace(study, model=replace(study.model, vocab_size=sources.source_vocab_size(source, study.model)))
+    if train:
+        study = replace(study, model=replace(study.model, vocab_size=source.vocab_size(study.model)))
     directory = cache_dir() / artifact_key("lm-source", _source_key(source), sources)
     return experiment.prepare_run(study, directory, source, train=train, progress=progress,
                                   keep_states=keep_states, device=book_device())

@@ -24,15 +24,7 @@ import torch
 
 from stagewise.lm.checkpoints import LocalCheckpoints, PythiaCheckpoints
 from stagewise.lm.classes import classify_tokens
-from stagewise.lm.sources import (
-    LanguageModelSource,
-    LocalSource,
-    check_available,
-    model_directory,
-    source_checkpoints,
-    source_streams,
-    source_tokenizer,
-)
+from stagewise.lm.sources import LanguageModelSource, LocalSource, model_directory, source_streams
 from stagewise.lm.tokenizer import token_strings
 from stagewise.diagnostics import (
     HEALTHY, STEP_SENSITIVE, VERDICTS, Criteria, bif_standard_error, chain_rhat, find_burn_in, judge, little_signal,
@@ -105,16 +97,16 @@ def prepare_run(config: TokenInfluenceConfig, directory: str | Path, source: Lan
     that can be neither reached nor found in the hub cache raises
     :class:`~stagewise.lm.sources.SourceUnavailable` before anything else runs.
     """
-    check_available(source)
+    source.check_available()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = source_tokenizer(source, config.model.vocab_size, directory)
-    if (train or isinstance(source, LocalSource)) and len(tokenizer) > config.model.vocab_size:
+    tokenizer = source.tokenizer(config.model.vocab_size, directory)
+    if (train or not source.published_checkpoints) and len(tokenizer) > config.model.vocab_size:
         raise ValueError(f"the model's vocabulary ({config.model.vocab_size}) is smaller than the tokenizer's "
                          f"({len(tokenizer)}); set LMConfig.vocab_size to at least that")
     tokens = source_streams(source, tokenizer, config.model.vocab_size, directory)
-    checkpoints = source_checkpoints(source, config.model, tokens["train"], directory, train=train,
-                                     progress=progress, keep_states=keep_states, device=device)
+    checkpoints = source.checkpoints(config.model, tokens["train"], directory, train=train, progress=progress,
+                                     keep_states=keep_states, device=device)
     return LanguageModelRun(
         config=config,
         source=source,
