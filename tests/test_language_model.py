@@ -3,6 +3,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -228,8 +229,13 @@ def test_token_influence_end_to_end_on_a_tiny_run(tmp_path, monkeypatch):
     assert result.loss_trace.shape == result.observable_trace.shape == (2, 6) and result.recorded == 6
     assert result.verdict in VERDICTS and 0 <= result.burn_in <= 3
     assert not (tmp_path / "cache").exists(), "a library call must not write to the book's cache"
-    classes = run.observable_classes()
+    targets = result.targets
+    classes = targets.classes
     assert classes.shape == (6 * 15, 6)
+    # the columns are positions 1…L−1 of each sequence, sequence after sequence
+    assert targets.ids.tolist() == run.observable_ids[:, 1:].reshape(-1).tolist()
+    assert targets.sequence.tolist() == [m for m in range(6) for _ in range(15)]
+    np.testing.assert_array_equal(run.observable_targets().classes, classes)
     assert group_correlation(draws, classes).shape == (6, 6)
     assert knn_class_recall(draws, classes, k=5).shape == (6,)
     # the book's wrapper caches: a second call is served without sampling again

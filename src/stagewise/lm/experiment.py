@@ -16,7 +16,7 @@ does, for the book.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,27 @@ PAPER_TABLE_2 = TokenInfluenceConfig()
 observable sequences × 55 tokens."""
 
 
+@dataclass(frozen=True)
+class TokenTargets:
+    """The tokens whose losses are recorded, in the column order of every per-token loss tensor:
+    positions 1…L−1 of each of the ``M`` observable sequences (position 0 has no prediction),
+    sequence after sequence.  ``ids``: ``(M·(L−1),)`` their token ids; ``sequence``: ``(M·(L−1),)``
+    the sequence each belongs to; ``classes``: ``(M·(L−1), 6)`` their membership of
+    :data:`~stagewise.lm.classes.CLASSES`."""
+
+    ids: np.ndarray
+    sequence: np.ndarray
+    classes: np.ndarray
+
+
+def token_targets(sequences: torch.Tensor, tokenizer) -> TokenTargets:
+    """The :class:`TokenTargets` of ``sequences`` (``(M, L)`` token ids) under ``tokenizer``."""
+    rows = [classify_tokens(ids, token_strings(tokenizer, ids))[1:] for ids in sequences.tolist()]
+    m, length = sequences.shape
+    return TokenTargets(ids=sequences[:, 1:].reshape(-1).numpy(), sequence=np.repeat(np.arange(m), length - 1),
+                        classes=np.concatenate(rows))
+
+
 @dataclass
 class LanguageModelRun:
     """Checkpoints with their tokenizer and the fixed sampling and observable sets."""
@@ -75,13 +96,9 @@ class LanguageModelRun:
     directory: Path
     """Where the source's tokenizer, streams and trained runs are kept (branches train here)."""
 
-    def observable_classes(self) -> np.ndarray:
-        """Class membership of every observable *target* token (positions 1…L−1 of each
-        sequence, the tokens whose losses are recorded), ``(M·(L−1), 6)``."""
-        rows = []
-        for ids in self.observable_ids.tolist():
-            rows.append(classify_tokens(ids, token_strings(self.tokenizer, ids))[1:])
-        return np.concatenate(rows)
+    def observable_targets(self) -> TokenTargets:
+        """The observables' target tokens: ids, sequence index and classes, in the loss columns' order."""
+        return token_targets(self.observable_ids, self.tokenizer)
 
 
 def prepare_run(config: TokenInfluenceConfig, directory: str | Path, source: LanguageModelSource = LocalSource(),
@@ -167,6 +184,8 @@ class TokenDraws:
     verdict: str
     reasons: list[tuple[str, str]]
     config: SGLDConfig
+    targets: TokenTargets | None = None
+    """What the loss columns are (ids, sequence, classes); set by :func:`token_draws`."""
 
     @property
     def recorded(self) -> int:
@@ -230,7 +249,8 @@ def token_draws(run: LanguageModelRun, step: int, observables: torch.Tensor | No
                 criteria: Criteria = Criteria()) -> TokenDraws:
     """Per-token losses of the observable sequences at the SGLD draws around checkpoint ``step``
     that follow the warm-up, judged (:func:`stationary_draws`): a :class:`TokenDraws` whose
-    ``losses`` are ``(chains, kept draws, M·(L−1))``, float32 on the CPU.  ``observables``
+    ``losses`` are ``(chains, kept draws, M·(L−1))``, float32 on the CPU, with ``targets`` saying
+    what its columns are (:class:`TokenTargets`).  ``observables``
     replaces the run's held-out sequences (``(M, L)`` token ids, e.g. a repeated probe);
     ``sampling`` replaces the sequences SGLD draws its minibatches from (``(S, L)`` token ids,
     default ``run.sampling_ids``).  Sampling runs on the checkpoints' device; a diverging chain
@@ -242,7 +262,7 @@ def token_draws(run: LanguageModelRun, step: int, observables: torch.Tensor | No
     draws = sample_losses(model, token_losses, sampling.to(device), run.config.sgld, observables.to(device),
                           record_sampling=False, progress=progress)
     dimension = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return stationary_draws(draws, dimension, criteria)
+    return replace(stationary_draws(draws, dimension, criteria), targets=token_targets(observables, run.tokenizer))
 
 
 @dataclass(frozen=True)
