@@ -89,6 +89,11 @@ class ToySizes:
     """Half-subsets retrained for the linear datamodeling score (all 70 when at least 70)."""
     lds_null_samples: int = 200
     """Random attributions drawn for the LDS's null band."""
+    posterior_nbeta: float = 3000.0
+    """nβ of the chapters' local posterior (under the ½Σ reading of the loss)."""
+    posterior_gamma: float = 5000.0
+    """γ of the chapters' local posterior.  With nβ it chooses what is sampled;
+    :func:`stagewise.book.toy.calibration` chooses how finely (the step size)."""
 
 
 @dataclass(frozen=True)

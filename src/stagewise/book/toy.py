@@ -50,30 +50,26 @@ def device() -> torch.device:
     return chosen
 
 
-POSTERIOR = {"nbeta": 3000.0, "gamma": 5000.0}
-"""The chapters' local posterior: nβ (under the ½Σ reading of the loss) and γ.  They choose
-what is sampled; :func:`calibration` chooses how finely (the step size)."""
-
-
 def calibration(run: ToyExperiment | None = None) -> Calibration:
     """:func:`stagewise.calibrate` on the toy network (cached): the library's default grid of
-    step sizes at :data:`POSTERIOR`, at every ``calibration_stride``-th checkpoint, with the
-    profile's ``calibration_chains`` and the BIF trajectory's draws, the warm-up found from the
-    trace."""
+    step sizes at the profile's posterior (``posterior_nbeta``, ``posterior_gamma``), at every
+    ``calibration_stride``-th checkpoint, with the profile's ``calibration_chains`` and the BIF
+    trajectory's draws, the warm-up found from the trace."""
     run = run or experiment()
     toy = sizes()
     where = device()
     settings = {"chains": toy.calibration_chains, "draws": toy.bif_draws}
+    posterior = {"nbeta": toy.posterior_nbeta, "gamma": toy.posterior_gamma}
     key = {"training": run.config, "checkpoints": len(run.epochs), "stride": toy.calibration_stride,
-           "posterior": POSTERIOR, "settings": settings, "device": where.type}
+           "posterior": posterior, "settings": settings, "device": where.type}
     rank, _ = rank_and_size()
     return cached("toy-calibration", key, lambda: run.calibrate(
-        toy.calibration_stride, device=where, progress=rank == 0, **POSTERIOR, **settings),
+        toy.calibration_stride, device=where, progress=rank == 0, **posterior, **settings),
         depends_on=(toy_experiment, calibrate))
 
 
 def bif_setting(run: ToyExperiment | None = None) -> SGLDConfig:
-    """Chapter 3's SGLD setting for the BIF trajectory: :data:`POSTERIOR` at the step chosen by
+    """Chapter 3's SGLD setting for the BIF trajectory: the profile's posterior at the step chosen by
     :func:`calibration`, with the profile's chains (``bif_chains``) and draws and the warm-up
     found from the trace (``burn_in=None``)."""
     return replace(calibration(run).config, chains=sizes().bif_chains)
