@@ -239,19 +239,19 @@ def test_token_influence_end_to_end_on_a_tiny_run(tmp_path, monkeypatch):
     assert group_correlation(draws, classes).shape == (6, 6)
     assert knn_class_recall(draws, classes, k=5).shape == (6,)
     # the book's wrapper caches: a second call is served without sampling again
-    cached = book_lm.token_draws(run, run.checkpoints.steps[-1], progress=False)
+    cached = book_lm.cached_token_draws(run, run.checkpoints.steps[-1], progress=False)
     torch.testing.assert_close(cached.losses, draws)  # the same seeded chains
     from stagewise.lm import experiment
 
     samplings = []
     original = experiment.sample_losses
     monkeypatch.setattr(experiment, "sample_losses", lambda *a, **k: samplings.append(1) or original(*a, **k))
-    assert torch.equal(book_lm.token_draws(run, run.checkpoints.steps[-1], progress=False).losses, cached.losses)
+    assert torch.equal(book_lm.cached_token_draws(run, run.checkpoints.steps[-1], progress=False).losses, cached.losses)
     assert samplings == [], "the cached entry was sampled again"
     # another sampling set is another entry, sampled once and then served
-    other = book_lm.token_draws(run, run.checkpoints.steps[-1], sampling=run.sampling_ids[:16], progress=False)
+    other = book_lm.cached_token_draws(run, run.checkpoints.steps[-1], sampling=run.sampling_ids[:16], progress=False)
     assert samplings == [1] and other.recorded == cached.recorded
-    book_lm.token_draws(run, run.checkpoints.steps[-1], sampling=run.sampling_ids[:16], progress=False)
+    book_lm.cached_token_draws(run, run.checkpoints.steps[-1], sampling=run.sampling_ids[:16], progress=False)
     assert samplings == [1]
 
 

@@ -149,13 +149,13 @@ def test_chapter_5s_boundary_runs_on_the_hub_stand_in(stand_in, tmp_path):
     hub, pile = stand_in
     script = """
         from stagewise.book.profiles import get_profile
-        from stagewise.book.lm import lm_source, prepare_run, study_sizes, token_draws
+        from stagewise.book.lm import cached_run, cached_token_draws, lm_source, study_sizes
 
         profile = get_profile()
         source = lm_source(profile)
         sizes = study_sizes(profile)
-        run = prepare_run(sizes.study, source)
-        draws = token_draws(run, sizes.analysed_steps[-1], progress=False)
+        run = cached_run(sizes.study, source)
+        draws = cached_token_draws(run, sizes.analysed_steps[-1], progress=False)
         print(source.name, sizes.study.model.vocab_size, run.config.sgld.epsilon, (draws.losses.shape[0], draws.recorded, draws.losses.shape[2]))
     """
     env = offline(hub, tmp_path, STAGEWISE_LM="pythia-14m", STAGEWISE_PILE=str(pile), STAGEWISE_PROFILE="fast")

@@ -30,7 +30,7 @@ from stagewise.book.profiles import LM_SOURCE_ENV, LanguageModelSizes, Profile, 
 
 # The domain's LanguageModelRun, TokenInfluenceConfig and branch_run are importable from here too,
 # but documented once, in stagewise.lm.
-__all__ = ["PILE_ENV", "lm_source", "prepare_run", "step_check", "study_sizes", "token_draws"]
+__all__ = ["PILE_ENV", "cached_run", "cached_token_draws", "lm_source", "step_check", "study_sizes"]
 
 PILE_ENV = "STAGEWISE_PILE"
 OFFLINE_HINT = (f"To build the book offline instead, use the local source: unset {LM_SOURCE_ENV} (or set "
@@ -88,7 +88,7 @@ def _source_key(source: LanguageModelSource) -> dict:
             "documents": source.documents, "seed": source.seed}
 
 
-def prepare_run(study: TokenInfluenceConfig, source: LanguageModelSource | None = None, *, train: bool = False,
+def cached_run(study: TokenInfluenceConfig, source: LanguageModelSource | None = None, *, train: bool = False,
                 keep_states: bool = False, progress: bool = True) -> LanguageModelRun:
     """The run of ``study`` (a profile's ``LanguageModelSizes.study``, or any variation of it) on
     ``source`` (default: the profile's), kept in the book's cache and loaded on
@@ -113,7 +113,7 @@ def _digest(ids: torch.Tensor) -> str:
     return hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest()
 
 
-def token_draws(run: LanguageModelRun, step: int, observables: torch.Tensor | None = None,
+def cached_token_draws(run: LanguageModelRun, step: int, observables: torch.Tensor | None = None,
                 sampling: torch.Tensor | None = None, progress: bool = True) -> TokenDraws:
     """:func:`stagewise.lm.experiment.token_draws`, cached: the kept draws ``.losses``
     ``(chains, kept draws, M·(L−1))`` with the burn-in, traces and verdict."""
@@ -130,8 +130,8 @@ def step_check(run: LanguageModelRun, step: int, membership: np.ndarray, progres
     """The calibration rule at checkpoint ``step``: the run's draws there (cached) against draws
     at half its step run twice as long (:func:`~stagewise.influence.at_equal_travel`), so that
     the chains travel as far (cached too, the same seeds and observables), compared by :func:`stagewise.lm.experiment.compare_steps` on the
-    groups of ``membership`` ``(n, A)``.  Costs two more :func:`token_draws` at ``step``."""
+    groups of ``membership`` ``(n, A)``.  Costs two more :func:`cached_token_draws` at ``step``."""
     sgld = run.config.sgld
     half = replace(run, config=replace(run.config, sgld=at_equal_travel(sgld, sgld.epsilon / 2)))
-    return experiment.compare_steps(token_draws(run, step, progress=progress),
-                                    token_draws(half, step, progress=progress), membership)
+    return experiment.compare_steps(cached_token_draws(run, step, progress=progress),
+                                    cached_token_draws(half, step, progress=progress), membership)

@@ -90,7 +90,7 @@ def experiment(config: TrainingConfig | None = None, checkpoints: int | None = N
                   lambda: run_toy_experiment(config, count, device=device()), depends_on=run_toy_experiment)
 
 
-def bif_trajectory(run: ToyExperiment, config: SGLDConfig, stride: int = 1, progress: bool = True,
+def cached_bif_trajectory(run: ToyExperiment, config: SGLDConfig, stride: int = 1, progress: bool = True,
                    step_check: bool = False) -> BIFTrajectory:
     """:meth:`ToyExperiment.bif_trajectory` on the chapters' device, cached by configuration
     (and device type: CPU and GPU random streams differ)."""
@@ -104,7 +104,7 @@ def bif_trajectory(run: ToyExperiment, config: SGLDConfig, stride: int = 1, prog
                   depends_on=toy_experiment)
 
 
-def llc_trajectory(run: ToyExperiment, config: SGLDConfig, stride: int = 1, progress: bool = True,
+def cached_llc_trajectory(run: ToyExperiment, config: SGLDConfig, stride: int = 1, progress: bool = True,
                    step_check: bool = False) -> LLCTrajectory:
     """:meth:`ToyExperiment.llc_trajectory` on the chapters' device, cached by configuration."""
     where = device()
@@ -134,7 +134,7 @@ def posterior_gaussianity(run: ToyExperiment, configs: list[SGLDConfig], checkpo
                   depends_on=gaussian_check)
 
 
-def leave_one_out(run: ToyExperiment) -> np.ndarray:
+def cached_leave_one_out(run: ToyExperiment) -> np.ndarray:
     """Leave-one-out retraining at every checkpoint of ``run`` (cached): ``(T, P, N)``."""
     return cached("toy-loo", {"training": run.config, "epochs": run.epochs.tolist()},
                   lambda: retraining.leave_one_out(run.data, run.config, run.epochs, device=device()),
@@ -187,7 +187,7 @@ def main() -> None:
     init_from_environment()
     rank, size = rank_and_size()
     run = experiment()
-    result = bif_trajectory(run, bif_setting())
+    result = cached_bif_trajectory(run, bif_setting())
     if rank == 0:
         print(f"on {size} process(es), {device().type}: {result.summary()}")
 
