@@ -8,8 +8,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from stagewise import bif_trajectory, local_bif
-from stagewise.influence import at_equal_travel, bif_matrix, chain_rhat, local_learning_coefficient, trace_correlation
-from stagewise.sampling import SamplerDivergence, SGLDConfig, SGLDState, sample_losses, sgld_init, sgld_update
+from stagewise.influence import (at_equal_travel, bif_matrix, chain_rhat, local_learning_coefficient, pearson,
+                                 trace_correlation)
+from stagewise.sampling import (FlatLayout, SamplerDivergence, SGLDConfig, SGLDState, model_device, sample_losses,
+                                sgld_init, sgld_update)
 
 
 class Linear(nn.Module):
@@ -388,3 +390,25 @@ def test_sampling_stops_when_every_chain_has_diverged():
     draws = sample_losses(Linear(2), exploding, rows, config, progress=False, on_divergence="record")
     assert (draws.diverged_at == 1).all() and torch.isnan(draws.sampling[0, :, 1:]).all()
     assert len(calls) < 20  # not 500 steps of a dead run
+
+
+def test_flat_layout_round_trips_with_and_without_batch_axes():
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+    model[1].bias.requires_grad_(False)
+    layout = FlatLayout.of(model)
+    assert layout.names == ("0.weight", "0.bias", "1.weight")
+    params = dict(model.named_parameters())
+    flat = layout.flatten(params)
+    assert flat.shape == (6 + 2 + 2,)
+    assert all(torch.equal(v, params[k]) for k, v in layout.unflatten(flat).items())
+    batched = {k: torch.stack([params[k], 2 * params[k]]) for k in layout.names}
+    rows = layout.flatten(batched, leading=1)
+    assert rows.shape == (2, 10) and torch.equal(rows[1], 2 * flat)
+    assert all(torch.equal(v, batched[k]) for k, v in layout.unflatten(rows).items())
+    assert model_device(model) == torch.device("cpu") and model_device(nn.ReLU(), "meta") == torch.device("meta")
+
+
+def test_pearson_along_an_axis_is_nan_where_constant():
+    a = np.array([[1.0, 5.0], [2.0, 5.0], [4.0, 5.0]])
+    assert pearson(a, 2 * a + 1, axis=0)[0] == pytest.approx(1.0) and np.isnan(pearson(a, a, axis=0)[1])
+    assert pearson(a.T, -a.T, axis=1)[0] == pytest.approx(-1.0)

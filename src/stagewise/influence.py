@@ -630,6 +630,15 @@ def trace_correlation(traces: np.ndarray, reference: np.ndarray) -> np.ndarray:
     b = np.asarray(reference, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"trace shapes differ: {a.shape} and {b.shape}")
-    a = a - a.mean(axis=0)
-    b = b - b.mean(axis=0)
-    return (a * b).sum(axis=0) / np.sqrt((a**2).sum(axis=0) * (b**2).sum(axis=0))
+    return pearson(a, b, axis=0)
+
+
+def pearson(a: np.ndarray, b: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Pearson correlation of ``a`` and ``b`` (same shape) along ``axis``, in float64; ``nan``
+    where either is constant."""
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    a = a - a.mean(axis=axis, keepdims=True)
+    b = b - b.mean(axis=axis, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(axis=axis) / np.sqrt((a * a).sum(axis=axis) * (b * b).sum(axis=axis))

@@ -32,7 +32,7 @@ from stagewise.diagnostics import (
 )
 from stagewise.influence import bif_matrix
 from stagewise.lm.training import LMConfig, sequences, token_losses, train_language_model
-from stagewise.sampling import LossDraws, SGLDConfig, sample_losses
+from stagewise.sampling import LossDraws, SGLDConfig, model_device, sample_losses
 
 
 @dataclass(frozen=True)
@@ -258,7 +258,7 @@ def token_draws(run: LanguageModelRun, step: int, observables: torch.Tensor | No
     observables = run.observable_ids if observables is None else observables
     sampling = run.sampling_ids if sampling is None else sampling
     model = run.checkpoints.load(step)
-    device = next(model.parameters()).device
+    device = model_device(model)
     draws = sample_losses(model, token_losses, sampling.to(device), run.config.sgld, observables.to(device),
                           record_sampling=False, progress=progress)
     dimension = sum(p.numel() for p in model.parameters() if p.requires_grad)
