@@ -5,7 +5,7 @@ VENV := .venv
 ROOT := $(abspath .)
 BIN := $(ROOT)/$(VENV)/bin
 PROFILE ?= default
-# Expensive results are cached by content here (see stagewise.cache); `make clean` drops them.
+# Expensive results are cached by content here (see stagewise.book.cache); `make clean` drops them.
 export STAGEWISE_CACHE ?= $(ROOT)/_build/cache
 
 .PHONY: book test chromium bench clean
@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 # Chapters run in Jupyter kernels whose output never reaches the console; they write their
 # progress (chapter started, training and sampling bars, chapter time) to PROGRESS_LOG through
-# stagewise.progress, and the build follows that file on the console (each page's own log is
+# stagewise.book.progress, and the build follows that file on the console (each page's own log is
 # _build/run/PROFILE/PAGE/run.log).  The chapters' execution times are recorded per profile in
 # _build/chapter_times.json (`python -m stagewise list` shows them).
 PROGRESS_LOG := $(ROOT)/_build/progress.log

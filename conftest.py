@@ -97,7 +97,7 @@ class BookRun:
 
     def request(self, names: list[str]) -> None:
         """Queue the pages not yet queued, the slowest first (from the reference times)."""
-        from stagewise.cli import load_times
+        from stagewise.book.cli import load_times
 
         known = load_times().get(self.profile, {})
         with self._lock:
@@ -161,7 +161,7 @@ def book_run(config: pytest.Config) -> BookRun:
 
 def every_page() -> list[str]:
     """Every notebook page of the book, in the order of its table of contents."""
-    from stagewise.cli import chapters
+    from stagewise.book.cli import chapters
 
     return [chapter.name for chapter in chapters(every_part=True)]
 

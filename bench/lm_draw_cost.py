@@ -24,6 +24,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +32,10 @@ import torch
 from transformers import GPTNeoXForCausalLM
 
 import machine
-from stagewise import get_profile
+from stagewise.book.profiles import LOCAL_SAMPLER, get_profile
 from stagewise.groups import group_correlation, knn_class_recall
 from stagewise.lm.training import LMConfig, pythia_architecture, token_losses
-from stagewise.sampling import SGLDConfig, sample_losses
+from stagewise.sampling import sample_losses
 
 SEQUENCE_LENGTH = 55
 SAMPLING_BATCH = 64
@@ -44,9 +45,7 @@ def default_model(pythia_14m: bool = False) -> GPTNeoXForCausalLM:
     if pythia_14m:
         config = LMConfig(vocab_size=50_304, hidden=128, layers=6, heads=4, intermediate=512, context=2048)
     else:
-        sizes = get_profile("default").lm
-        config = LMConfig(vocab_size=sizes.vocab_size, hidden=sizes.hidden, layers=sizes.layers,
-                          intermediate=sizes.intermediate, context=sizes.context)
+        config = get_profile("default").lm.study.model
     torch.manual_seed(0)
     return GPTNeoXForCausalLM(pythia_architecture(config)).eval()
 
@@ -58,8 +57,7 @@ def synchronize(device: torch.device) -> None:
 
 def sampler_seconds_per_draw(model, data, observables, chains: int, draws: int) -> float:
     def run(n_draws: int) -> float:
-        config = SGLDConfig(epsilon=1e-5, nbeta=256, gamma=1000, chains=chains, draws=n_draws,
-                            batch_size=SAMPLING_BATCH)
+        config = replace(LOCAL_SAMPLER, chains=chains, draws=n_draws, batch_size=SAMPLING_BATCH)
         synchronize(data.device)
         start = time.perf_counter()
         sample_losses(model, token_losses, data, config, observables, record_sampling=False, progress=False)

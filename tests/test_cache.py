@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from stagewise import cache
+from stagewise.book import cache
 
 
 @pytest.fixture
@@ -138,7 +138,7 @@ def _compute_slowly(env: dict, marks: str, index: int, together) -> None:
     import time
 
     os.environ.update(env)
-    from stagewise.cache import cached
+    from stagewise.book.cache import cached
 
     def compute() -> int:
         Path(marks, str(index)).touch()

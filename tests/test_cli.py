@@ -13,9 +13,9 @@ import nbformat
 import pytest
 import torch
 
-from stagewise import cli
-from stagewise.profiles import PROFILES
-from stagewise.progress import PROGRESS_ENV, announce, progress
+from stagewise.book import cli
+from stagewise.book.profiles import PROFILES
+from stagewise.book.progress import PROGRESS_ENV, announce, progress
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def test_run_passes_profile_and_device_and_shows_library_progress(tmp_path, capf
     monkeypatch.delenv(PROGRESS_ENV, raising=False)
     monkeypatch.setenv("STAGEWISE_PROFILE", "default")   # restored afterwards; `run` overrides it
     monkeypatch.setenv(cli.DEVICE_ENV, "unset")
-    chapter = fake_chapter(tmp_path, "import os\nfrom stagewise.progress import progress\n"
+    chapter = fake_chapter(tmp_path, "import os\nfrom stagewise.book.progress import progress\n"
                                      "for _ in progress(range(5), desc='probe-bar'):\n    pass\n"
                                      "print(os.environ['STAGEWISE_PROFILE'], os.environ['STAGEWISE_DEVICE'])")
     times = tmp_path / "times.json"

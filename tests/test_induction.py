@@ -6,7 +6,6 @@ import torch
 
 from stagewise.lm.induction import (
     InductionCurves,
-    crossing_step,
     formation_window,
     in_context_loss_drop,
     induction_scores,
@@ -73,10 +72,8 @@ def test_in_context_loss_drop_is_the_loss_saved_by_copying():
     assert in_context_loss_drop(CopyStub(), probe) == pytest.approx(np.log(20), abs=1e-6)
 
 
-def test_crossing_step_interpolates_and_reports_never():
+def test_crossing_step_reads_the_best_score():
     steps = np.array([0, 100, 200, 300])
-    assert crossing_step(steps, np.array([0.0, 0.1, 0.5, 0.9]), 0.3) == pytest.approx(150)
-    assert np.isnan(crossing_step(steps, np.array([0.0, 0.1, 0.1, 0.2]), 0.3))
     curves = InductionCurves(steps, np.array([0.0, 0.1, 0.5, 0.9])[:, None, None] * np.ones((1, 2, 3)), np.zeros(4))
     assert curves.best_score.shape == (4,) and curves.crossing_step(0.5) == pytest.approx(200)
 

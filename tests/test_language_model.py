@@ -3,6 +3,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -228,24 +229,29 @@ def test_token_influence_end_to_end_on_a_tiny_run(tmp_path, monkeypatch):
     assert result.loss_trace.shape == result.observable_trace.shape == (2, 6) and result.recorded == 6
     assert result.verdict in VERDICTS and 0 <= result.burn_in <= 3
     assert not (tmp_path / "cache").exists(), "a library call must not write to the book's cache"
-    classes = run.observable_classes()
+    targets = result.targets
+    classes = targets.classes
     assert classes.shape == (6 * 15, 6)
+    # the columns are positions 1…L−1 of each sequence, sequence after sequence
+    assert targets.ids.tolist() == run.observable_ids[:, 1:].reshape(-1).tolist()
+    assert targets.sequence.tolist() == [m for m in range(6) for _ in range(15)]
+    np.testing.assert_array_equal(run.observable_targets().classes, classes)
     assert group_correlation(draws, classes).shape == (6, 6)
     assert knn_class_recall(draws, classes, k=5).shape == (6,)
     # the book's wrapper caches: a second call is served without sampling again
-    cached = book_lm.token_draws(run, run.checkpoints.steps[-1], progress=False)
+    cached = book_lm.cached_token_draws(run, run.checkpoints.steps[-1], progress=False)
     torch.testing.assert_close(cached.losses, draws)  # the same seeded chains
     from stagewise.lm import experiment
 
     samplings = []
     original = experiment.sample_losses
     monkeypatch.setattr(experiment, "sample_losses", lambda *a, **k: samplings.append(1) or original(*a, **k))
-    assert torch.equal(book_lm.token_draws(run, run.checkpoints.steps[-1], progress=False).losses, cached.losses)
+    assert torch.equal(book_lm.cached_token_draws(run, run.checkpoints.steps[-1], progress=False).losses, cached.losses)
     assert samplings == [], "the cached entry was sampled again"
     # another sampling set is another entry, sampled once and then served
-    other = book_lm.token_draws(run, run.checkpoints.steps[-1], sampling=run.sampling_ids[:16], progress=False)
+    other = book_lm.cached_token_draws(run, run.checkpoints.steps[-1], sampling=run.sampling_ids[:16], progress=False)
     assert samplings == [1] and other.recorded == cached.recorded
-    book_lm.token_draws(run, run.checkpoints.steps[-1], sampling=run.sampling_ids[:16], progress=False)
+    book_lm.cached_token_draws(run, run.checkpoints.steps[-1], sampling=run.sampling_ids[:16], progress=False)
     assert samplings == [1]
 
 
@@ -313,17 +319,6 @@ def test_a_branch_forked_from_a_kept_state_equals_one_trained_through(tmp_path):
                                                   LocalCheckpoints(parent).load(20).parameters()))
     # after the branch the data differ from the parent's
     assert not torch.equal(next(through.load(40).parameters()), next(LocalCheckpoints(parent).load(40).parameters()))
-
-
-def test_language_model_modules_import_neither_profiles_nor_the_cache():
-    from pathlib import Path
-
-    import stagewise.lm
-    from stagewise.cache import dependency_scope
-
-    for module in sorted(Path(stagewise.lm.__file__).parent.glob("*.py")):
-        scope = dependency_scope(module.resolve())
-        assert "profiles.py" not in scope and "cache.py" not in scope, f"{module.name} reaches {scope}"
 
 
 def _recorded_batches(monkeypatch, config, stream, directory, **kwargs):

@@ -21,7 +21,7 @@ import torch
 
 from pythia_stand_in import STAND_IN, build_hub_cache, build_pile
 from stagewise.lm.checkpoints import PYTHIA_STEPS
-from stagewise.profiles import LM_SOURCE_ENV, get_profile
+from stagewise.book.profiles import LM_SOURCE_ENV, get_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 REVISIONS = (0, 512, 1000)
@@ -58,8 +58,9 @@ def test_the_source_is_one_setting(monkeypatch):
     monkeypatch.setenv(LM_SOURCE_ENV, "pythia-14m")
     assert get_profile("fast").lm_source == "pythia-14m"
     paper = get_profile("default").pythia
-    assert (paper.observable_sequences, paper.sequence_length, paper.sampling_batch, paper.chains, paper.draws) == \
-        (600, 55, 64, 4, 200), "the Pythia study runs at the paper's Table 2 sizes"
+    study = paper.study
+    assert (study.observable_sequences, study.sequence_length, study.sgld.batch_size, study.sgld.chains,
+            study.sgld.draws) == (600, 55, 64, 4, 200), "the Pythia study runs at the paper's Table 2 sizes"
     assert set(paper.analysed_steps) <= set(PYTHIA_STEPS)
     monkeypatch.setenv(LM_SOURCE_ENV, "gpt2")
     with pytest.raises(ValueError, match="valid sources are: local, pythia-14m"):
@@ -147,24 +148,25 @@ def test_chapter_5s_boundary_runs_on_the_hub_stand_in(stand_in, tmp_path):
     run's, which the chapter's own test executes): sizes from the hub config, the run, the draws."""
     hub, pile = stand_in
     script = """
-        from stagewise import get_profile
-        from stagewise.book.lm import PAPER_SAMPLER, lm_source, prepare_run, study_sizes, token_draws
+        from stagewise.book.profiles import get_profile
+        from stagewise.book.lm import cached_run, cached_token_draws, lm_source, study_sizes
 
         profile = get_profile()
         source = lm_source(profile)
         sizes = study_sizes(profile)
-        run = prepare_run(sizes, source, **PAPER_SAMPLER)
-        draws = token_draws(run, sizes.analysed_steps[-1], progress=False)
-        print(source.name, sizes.vocab_size, (draws.losses.shape[0], draws.recorded, draws.losses.shape[2]))
+        run = cached_run(sizes.study, source)
+        draws = cached_token_draws(run, sizes.analysed_steps[-1], progress=False)
+        print(source.name, sizes.study.model.vocab_size, run.config.sgld.epsilon, (draws.losses.shape[0], draws.recorded, draws.losses.shape[2]))
     """
     env = offline(hub, tmp_path, STAGEWISE_LM="pythia-14m", STAGEWISE_PILE=str(pile), STAGEWISE_PROFILE="fast")
     result = run_script(script, env)
     assert result.returncode == 0, result.stderr[-5000:]
-    study = get_profile("fast").pythia
-    name, vocab, shape = result.stdout.split(maxsplit=2)
+    study = get_profile("fast").pythia.study
+    name, vocab, epsilon, shape = result.stdout.split(maxsplit=3)
     assert name == "pythia-14m" and int(vocab) == STAND_IN.vocab_size
+    assert float(epsilon) == 1e-6, "the Pythia study samples at Table 2's step"
     tokens = study.observable_sequences * (study.sequence_length - 1)
-    assert tuple(int(x) for x in shape.strip("()\n").split(",")) == (study.chains, study.draws, tokens)
+    assert tuple(int(x) for x in shape.strip("()\n").split(",")) == (study.sgld.chains, study.sgld.draws, tokens)
     # the run went through the hub path: draws were cached under the stand-in's repository
     assert list((tmp_path / "cache").glob("lm-token-draws-*.pkl"))
     assert list((tmp_path / "cache").glob("lm-source-*/pythia-tokens/streams.pt"))

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from stagewise import retraining, toy
+from stagewise import toy
+from stagewise.toy import retraining
 from stagewise.classical import damped_influence
 
 

@@ -8,8 +8,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from stagewise import bif_trajectory, local_bif
-from stagewise.influence import at_equal_travel, bif_matrix, chain_rhat, local_learning_coefficient, trace_correlation
-from stagewise.sampling import SamplerDivergence, SGLDConfig, SGLDState, sample_losses, sgld_init, sgld_update
+from stagewise.influence import (at_equal_travel, bif_matrix, chain_rhat, local_learning_coefficient, pearson,
+                                 trace_correlation)
+from stagewise.sampling import (FlatLayout, SamplerDivergence, SGLDConfig, SGLDState, model_device, sample_losses,
+                                sgld_init, sgld_update)
 
 
 class Linear(nn.Module):
@@ -143,6 +145,39 @@ def test_local_bif_is_a_symmetric_covariance_with_correct_sign():
     assert torch.all(torch.diagonal(bif) < 0)  # BIF(i, i) = -Var(l_i)
     corr = local_bif(Linear(3), linear_loss, rows, config, normalized=True, progress=False)
     torch.testing.assert_close(torch.diagonal(corr), -torch.ones(6, dtype=corr.dtype))
+
+
+def test_local_bif_and_the_trajectory_share_one_divergence_policy_and_one_dtype():
+    model = nn.Linear(2, 1)
+    x, y = torch.randn(8, 2), torch.randn(8, 1)
+    loss = lambda m, batch: ((m(batch[0]) - batch[1]) ** 2).sum(-1)
+    calm = SGLDConfig(epsilon=1e-3, nbeta=16.0, gamma=100.0, chains=2, draws=40)
+    one = local_bif(model, loss, (x, y), calm, progress=False)
+    run = bif_trajectory(model, loss, (x, y), [model.state_dict()], calm, progress=False)
+    assert one.dtype == run.bif.dtype == torch.float64
+    torch.testing.assert_close(one, run.bif[0], rtol=0, atol=0)
+    wild = SGLDConfig(epsilon=1.0, nbeta=1e4, gamma=1e5, chains=2, draws=100)
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        assert torch.isnan(local_bif(model, loss, (x, y), wild, progress=False)).all()
+    assert bif_trajectory(model, loss, (x, y), [model.state_dict()], wild, progress=False).verdicts == ["diverged"]
+    for call in (lambda: local_bif(model, loss, (x, y), wild, progress=False, on_divergence="raise"),
+                 lambda: bif_trajectory(model, loss, (x, y), [model.state_dict()], wild, progress=False,
+                                        on_divergence="raise")):
+        with pytest.raises(SamplerDivergence):
+            call()
+
+
+def test_the_llc_has_its_own_verb_with_the_trajectorys_numbers():
+    from stagewise import llc_trajectory
+
+    rows = torch.randn(6, 3, dtype=torch.float64)
+    config = SGLDConfig(nbeta=10.0, gamma=10.0, epsilon=2e-3, chains=4, draws=100)
+    checkpoints = [Linear(3).state_dict()]
+    llc = llc_trajectory(Linear(3), linear_loss, rows, checkpoints, config, progress=False, step_check=True)
+    run = bif_trajectory(Linear(3), linear_loss, rows, checkpoints, config, progress=False, step_check=True)
+    torch.testing.assert_close(llc.llc, run.llc, rtol=0, atol=0)
+    torch.testing.assert_close(llc.reference_llc, run.reference.llc, rtol=0, atol=0)
+    assert llc.verdicts == run.verdicts and llc.draws == config.draws and llc.step_change is not None
 
 
 def test_llc_of_a_quadratic_well():
@@ -355,3 +390,25 @@ def test_sampling_stops_when_every_chain_has_diverged():
     draws = sample_losses(Linear(2), exploding, rows, config, progress=False, on_divergence="record")
     assert (draws.diverged_at == 1).all() and torch.isnan(draws.sampling[0, :, 1:]).all()
     assert len(calls) < 20  # not 500 steps of a dead run
+
+
+def test_flat_layout_round_trips_with_and_without_batch_axes():
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+    model[1].bias.requires_grad_(False)
+    layout = FlatLayout.of(model)
+    assert layout.names == ("0.weight", "0.bias", "1.weight")
+    params = dict(model.named_parameters())
+    flat = layout.flatten(params)
+    assert flat.shape == (6 + 2 + 2,)
+    assert all(torch.equal(v, params[k]) for k, v in layout.unflatten(flat).items())
+    batched = {k: torch.stack([params[k], 2 * params[k]]) for k in layout.names}
+    rows = layout.flatten(batched, leading=1)
+    assert rows.shape == (2, 10) and torch.equal(rows[1], 2 * flat)
+    assert all(torch.equal(v, batched[k]) for k, v in layout.unflatten(rows).items())
+    assert model_device(model) == torch.device("cpu") and model_device(nn.ReLU(), "meta") == torch.device("meta")
+
+
+def test_pearson_along_an_axis_is_nan_where_constant():
+    a = np.array([[1.0, 5.0], [2.0, 5.0], [4.0, 5.0]])
+    assert pearson(a, 2 * a + 1, axis=0)[0] == pytest.approx(1.0) and np.isnan(pearson(a, a, axis=0)[1])
+    assert pearson(a.T, -a.T, axis=1)[0] == pytest.approx(-1.0)

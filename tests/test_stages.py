@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from stagewise.stages import inflection_steps, sign_changes
+from stagewise.stages import first_crossing, inflection_steps, sign_changes
 
 
 def test_inflection_steps_find_the_drops_of_a_two_stage_curve():
@@ -46,3 +46,11 @@ def test_sign_changes_ignore_noise_below_the_floor():
         sign_changes(steps[::-1], values)
     with pytest.raises(ValueError):
         sign_changes(steps, values, floor=1.5)
+
+
+def test_first_crossing_interpolates_and_reports_the_start_and_never():
+    steps = np.array([0, 100, 200, 300])
+    assert first_crossing(steps, np.array([0.0, 0.1, 0.5, 0.9]), 0.3) == pytest.approx(150)
+    assert first_crossing(steps, np.array([0.0, 0.1, 0.5, 0.9]), 0.5) == 200
+    assert first_crossing(steps, np.array([0.4, 0.1, 0.5, 0.9]), 0.3) == 0
+    assert np.isnan(first_crossing(steps, np.array([0.0, 0.1, 0.1, 0.2]), 0.3))

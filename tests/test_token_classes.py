@@ -1,7 +1,26 @@
 import numpy as np
 import pytest
 
-from stagewise.lm.classes import CLASSES, classify_tokens, decode_byte_level
+from stagewise.lm.classes import CLASSES, classify_tokens
+
+
+def _byte_of_character() -> dict[str, int]:
+    """GPT-2's byte-level alphabet reversed: printable bytes stand for themselves, the others
+    (space, newline, control bytes…) for ``chr(256 + k)`` in byte order (so ``Ġ`` is a space)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {chr(b): b for b in printable} | {chr(256 + k): b for k, b in enumerate(others)}
+
+
+BYTE_OF_CHARACTER = _byte_of_character()
+
+
+def decode_byte_level(token: str) -> str:
+    """The text of a GPT-2/Pythia byte-level vocabulary entry (``"Ġ----"`` → ``" ----"``,
+    ``"ĊĊ"`` → ``"\n\n"``); an incomplete UTF-8 sequence decodes to ``\ufffd``."""
+    if any(char not in BYTE_OF_CHARACTER for char in token):
+        raise ValueError(f"{token!r} is not a byte-level vocabulary entry")
+    return bytes(BYTE_OF_CHARACTER[char] for char in token).decode("utf-8", errors="replace")
 
 
 def classes_of(strings, ids=None):

@@ -121,25 +121,6 @@ def test_branches_open_from_the_root_down(experiment):
     assert toy.mds_trajectories(hidden[::10]).shape == (len(epochs[::10]), 8, 2)
 
 
-def test_domain_modules_neither_cache_nor_read_profiles():
-    import ast
-    from pathlib import Path
-
-    import stagewise
-
-    root = Path(stagewise.__file__).parent
-    domain = [root / "sampling.py", root / "influence.py", root / "classical.py", root / "retraining.py",
-              root / "distributed.py", *sorted((root / "toy").glob("*.py"))]
-    for path in domain:
-        imported = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                imported |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
-            elif isinstance(node, ast.Import):
-                imported |= {alias.name for alias in node.names}
-        assert not imported & {"stagewise.cache", "stagewise.profiles"}, path.name
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU to compare with the CPU")
 def test_training_on_a_gpu_returns_cpu_tensors_that_match_the_cpu_run(data):
     config = toy.TrainingConfig(epochs=50)

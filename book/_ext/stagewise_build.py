@@ -1,7 +1,7 @@
 """Sphinx extension for the book's build: progress on the console, timings, notebook downloads.
 
 * Before each chapter is read (and so executed by MyST-NB) it announces the chapter on the
-  progress destination of :mod:`stagewise.progress` (``$STAGEWISE_PROGRESS``, which ``make book``
+  progress destination of :mod:`stagewise.book.progress` (``$STAGEWISE_PROGRESS``, which ``make book``
   follows on the console), and after it prints the chapter's execution time.
 * At the end of a build that executed chapters it records their times, per profile, in the
   file named by ``$STAGEWISE_TIMES`` (``make book`` names ``_build/chapter_times.json``, which
@@ -23,9 +23,9 @@ from shutil import copy2
 from sphinx.application import Sphinx
 from sphinx.util import logging
 
-from stagewise.cli import chapters, record_times
-from stagewise.profiles import get_profile
-from stagewise.progress import announce
+from stagewise.book.cli import chapters, record_times
+from stagewise.book.profiles import get_profile
+from stagewise.book.progress import announce
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""``python -m stagewise``: see :mod:`stagewise.cli`."""
+"""``python -m stagewise``: see :mod:`stagewise.book.cli`."""
 
-from stagewise.cli import main
+from stagewise.book.cli import main
 
 raise SystemExit(main())

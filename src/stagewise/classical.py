@@ -21,7 +21,6 @@ the damped-Hessian influence function with the damping ``λ = nγ/nβ`` fixed by
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,8 +31,8 @@ from torch import nn
 from torch.func import functional_call, jacfwd, jacrev
 from torch.utils._pytree import tree_flatten, tree_map
 
-from stagewise.progress import progress as progress_bar
-from stagewise.sampling import LossFn, PerSampleLoss, as_tensors
+from stagewise._progress import progress_bar
+from stagewise.sampling import FlatLayout, LossFn, PerSampleLoss, as_tensors, model_device
 
 
 @dataclass
@@ -56,6 +55,13 @@ class DampedInfluence:
     gauss_newton_radius: np.ndarray
     negative_fraction: np.ndarray
     gradient_products: np.ndarray
+
+
+def squared_error(outputs: torch.Tensor, targets: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Per-sample squared-error loss ``½‖f(x_i) − y_i‖²`` of outputs and targets ``(m, O)``:
+    ``(m,)`` (the output axis is ``dim``), the negative log-likelihood of a unit-variance
+    Gaussian model up to a constant."""
+    return 0.5 * ((outputs - targets) ** 2).sum(dim)
 
 
 def _damped_inverse_products(curvature: torch.Tensor, gradients: torch.Tensor, alphas: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
@@ -87,18 +93,13 @@ def damped_influence(
     alphas = np.asarray(alphas, dtype=float)
     if alphas.ndim != 1 or np.any(alphas <= 0):
         raise ValueError("alphas must be a 1-D array of positive numbers")
-    names = [name for name, p in model.named_parameters() if p.requires_grad]
-    shapes = [dict(model.named_parameters())[name].shape for name in names]
-    sizes = [math.prod(shape) for shape in shapes]
-
-    def unflatten(theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: piece.reshape(shape) for name, piece, shape in zip(names, theta.split(sizes), shapes)}
+    layout = FlatLayout.of(model)
 
     def outputs(theta: torch.Tensor) -> torch.Tensor:
-        return functional_call(model, unflatten(theta), (inputs,))
+        return functional_call(model, layout.unflatten(theta), (inputs,))
 
     def per_sample_losses(theta: torch.Tensor) -> torch.Tensor:
-        return 0.5 * ((outputs(theta) - targets) ** 2).sum(-1)
+        return squared_error(outputs(theta), targets)
 
     K, A, N = len(checkpoints), len(alphas), inputs.shape[0]
     result = DampedInfluence(
@@ -111,7 +112,7 @@ def damped_influence(
         gradient_products=np.empty((K, N, N)),
     )
     for k, checkpoint in enumerate(progress_bar(checkpoints, disable=not progress, desc="classical IF", leave=False)):
-        theta = torch.cat([torch.as_tensor(checkpoint[name], device=inputs.device).reshape(-1) for name in names]).double()
+        theta = layout.flatten(checkpoint, device=inputs.device).double()
         gradients = jacrev(per_sample_losses)(theta)  # (N, d)
         H = jacrev(jacrev(lambda t: per_sample_losses(t).sum()))(theta)  # faster here than jacfwd(jacrev)
         J = jacrev(outputs)(theta).reshape(-1, theta.numel())  # (N·O, d)
@@ -163,10 +164,8 @@ class LocalCurvature:
 def _per_sample_loss_of_flat_weights(model: nn.Module, loss_fn: LossFn, data) -> tuple[Callable, Callable]:
     """``(losses, flatten)``: ``losses(theta)`` the per-sample losses ``(n,)`` at the flat weight
     vector ``theta`` (float64, on the model's device) and ``flatten(checkpoint)`` that vector."""
-    names = [name for name, p in model.named_parameters() if p.requires_grad]
-    shapes = [dict(model.named_parameters())[name].shape for name in names]
-    sizes = [math.prod(shape) for shape in shapes]
-    device = next(iter(model.parameters())).device
+    layout = FlatLayout.of(model)
+    device = model_device(model)
     data = tree_map(lambda leaf: leaf.to(device, torch.float64) if leaf.is_floating_point() else leaf.to(device),
                     as_tensors(data))
     for i, leaf in enumerate(tree_flatten(data)[0]):
@@ -175,14 +174,13 @@ def _per_sample_loss_of_flat_weights(model: nn.Module, loss_fn: LossFn, data) ->
     objective = PerSampleLoss(model, loss_fn)
 
     def losses(theta: torch.Tensor) -> torch.Tensor:
-        params = {f"model.{name}": piece.reshape(shape) for name, piece, shape in zip(names, theta.split(sizes), shapes)}
+        params = {f"model.{name}": piece for name, piece in layout.unflatten(theta).items()}
         return functional_call(objective, params, (data,), strict=False)
 
     def flatten(checkpoint: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        pieces = [torch.as_tensor(checkpoint[name], device=device).reshape(-1) for name in names]
-        theta = torch.cat(pieces).double()
+        theta = layout.flatten(checkpoint, device=device).double()
         if not bool(torch.isfinite(theta).all()):
-            bad = [name for name, piece in zip(names, pieces) if not bool(torch.isfinite(piece).all())]
+            bad = [name for name, piece in layout.unflatten(theta).items() if not bool(torch.isfinite(piece).all())]
             raise ValueError(f"weights {bad} of a checkpoint are not finite; the Gaussian limit needs "
                              f"finite weights")
         return theta
@@ -272,7 +270,7 @@ def gaussian_bif(
     losses, flatten = _per_sample_loss_of_flat_weights(model, loss_fn, data)
     n = _rows(data)
     d = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    _check_memory(3 * 8 * n * d * d, next(iter(model.parameters())).device,
+    _check_memory(3 * 8 * n * d * d, model_device(model),
                   f"gaussian_bif forms {n} per-sample Hessians of {d} x {d} in float64 "
                   f"(and two products of that size)")
     result = []

@@ -9,9 +9,10 @@ The *normalized* BIF is ``−Corr(ℓ_i, ℓ_j)``, minus the Pearson correlation
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -214,6 +215,7 @@ def bif_trajectory(
     progress: bool = True,
     step_check: bool = False,
     criteria: Criteria | None = None,
+    on_divergence: Literal["record", "raise"] = "record",
 ) -> BIFTrajectory:
     """SGLD around every checkpoint, all at once, and the BIF, LLC and chain health at each.
 
@@ -223,8 +225,10 @@ def bif_trajectory(
     of tensors, NumPy arrays, a ``Dataset`` or a ``DataLoader``; rows of the BIF follow the
     data's order.  Sampling runs on ``device`` (default: the model's); under ``torchrun`` the
     ``checkpoints × chains`` work is split over the ranks, with the same result as one process
-    (see :func:`stagewise.sampling.sample_losses`).  A chain that diverges does not stop the
-    run: its checkpoint's verdict says so and its BIF is NaN.
+    (see :func:`stagewise.sampling.sample_losses`).  The library's divergence policy: a chain
+    that diverges does not stop the run, its checkpoint's verdict says so and its estimates are
+    NaN (``on_divergence="raise"`` stops at once with
+    :class:`~stagewise.sampling.SamplerDivergence` instead).
 
     With ``config.burn_in=None`` (the default) the warm-up is found from the loss trace and
     its draws discarded; every estimate has a Monte-Carlo standard error, and every checkpoint
@@ -252,14 +256,15 @@ def bif_trajectory(
     criteria = criteria or Criteria()
     draws = sample_losses(model, loss_fn, data, config, observables, checkpoints=checkpoints,
                           checkpoint_indices=checkpoint_indices, progress=progress, vectorize=vectorize,
-                          device=device, on_divergence="record")
+                          device=device, on_divergence=on_divergence)
     result = trajectory_from_draws(draws, _dimension(model), normalized=normalized, criteria=criteria)
     if not step_check:
         return result
     half = at_equal_travel(config, config.epsilon / 2)
     reference = bif_trajectory(model, loss_fn, data, checkpoints, half, observables, device,
                                normalized=normalized, checkpoint_indices=checkpoint_indices,
-                               vectorize=vectorize, progress=progress, criteria=criteria)
+                               vectorize=vectorize, progress=progress, criteria=criteria,
+                               on_divergence=on_divergence)
     change = step_change(result.bif, result.bif_se, result.llc, result.llc_se,
                          reference.bif, reference.bif_se, reference.llc, reference.llc_se,
                          reference.llc_scale, criteria)
@@ -289,8 +294,10 @@ def local_bif(
     normalized: bool = False,
     device: torch.device | str | None = None,
     progress: bool = True,
+    on_divergence: Literal["record", "raise"] = "record",
 ) -> torch.Tensor:
-    """The local BIF of every sample of ``data`` on every observable, at the model's weights.
+    """The local BIF of every sample of ``data`` on every observable, at the model's weights:
+    :func:`bif_trajectory` at the one checkpoint ``model.state_dict()``, its ``bif[0]``.
 
     ``loss_fn(model, batch)`` returns one loss per sample (or per token) of ``batch``; ``data``
     and ``observables`` are tensors, tuples/lists/dicts of tensors indexed along dimension 0, a
@@ -298,10 +305,12 @@ def local_bif(
     posterior with RMSprop-SGLD under ``config`` (:class:`~stagewise.sampling.SGLDConfig`:
     step, temperature, localization, chains, draws, burn-in, minibatch, RMSprop constants,
     seed) on ``device`` (default: the model's) and returns a ``(len(data), len(observables))``
-    tensor, on the CPU, of ``−Cov`` (or ``−Corr`` with ``normalized``); per-token losses count
-    as separate entries.  With ``config.burn_in=None`` the warm-up found from the trace is
-    discarded.  Raises :class:`~stagewise.sampling.SamplerDivergence` if a chain diverges.
-    For standard errors and verdicts, use :func:`bif_trajectory` with ``checkpoints=[model.state_dict()]``.
+    float64 tensor, on the CPU, of ``−Cov`` (or ``−Corr`` with ``normalized``); per-token losses
+    count as separate entries.  With ``config.burn_in=None`` the warm-up found from the trace is
+    discarded.  Divergence follows :func:`bif_trajectory`'s policy: a diverged chain gives a NaN
+    matrix and a ``RuntimeWarning`` naming why (``on_divergence="raise"``: a
+    :class:`~stagewise.sampling.SamplerDivergence`).  For standard errors and the verdict, call
+    :func:`bif_trajectory` with ``checkpoints=[model.state_dict()]``.
 
     >>> import torch
     >>> from torch import nn
@@ -312,11 +321,66 @@ def local_bif(
     >>> local_bif(model, loss, (x, y), SGLDConfig(epsilon=1e-3, nbeta=16, gamma=100, chains=2, draws=50), progress=False).shape
     torch.Size([16, 16])
     """
-    recorded = sample_losses(model, loss_fn, data, config, observables, progress=progress, device=device)
-    b = int(find_burn_in(recorded.loss_trace)[0]) if config.burn_in is None else 0
-    observed = None if recorded.observables is None else recorded.observables[:, :, b:]
-    bif = bif_matrix(recorded.sampling[:, :, b:], observed, normalized=normalized)[0]
-    return bif.to(torch.get_default_dtype())
+    state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    result = bif_trajectory(model, loss_fn, data, [state], config, observables, device, normalized=normalized,
+                            progress=progress, on_divergence=on_divergence)
+    if result.verdicts[0] == DIVERGED:
+        reason = "; ".join(text for verdict, text in result.reasons[0] if verdict == DIVERGED)
+        warnings.warn(f"local_bif: the sampler diverged ({reason}); the BIF is NaN", RuntimeWarning, stacklevel=2)
+    return result.bif[0]
+
+
+@dataclass
+class LLCTrajectory:
+    """The local learning coefficient at every checkpoint, with its Monte-Carlo error and the
+    chains' health: ``llc``, ``llc_se``, ``burn_in``, ``rhat`` are ``(K,)``; ``verdicts`` and
+    ``reasons`` as in :class:`BIFTrajectory`; with a step check, ``step_change`` (its ``llc``,
+    ``llc_se`` and ``llc_upper`` fields) and ``reference_llc``, the estimate at half the step."""
+
+    llc: torch.Tensor
+    llc_se: torch.Tensor
+    burn_in: torch.Tensor
+    rhat: torch.Tensor
+    verdicts: list[str]
+    reasons: list[list[tuple[str, str]]]
+    draws: int
+    """Draws recorded per chain at every checkpoint (the burn-in is counted in them)."""
+    step_change: StepChange | None = None
+    reference_llc: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, run: BIFTrajectory) -> LLCTrajectory:
+        """The LLC part of a :class:`BIFTrajectory` (its chains' health included)."""
+        return cls(llc=run.llc, llc_se=run.llc_se, burn_in=run.burn_in, rhat=run.rhat, verdicts=run.verdicts,
+                   reasons=run.reasons, draws=run.loss_trace.shape[-1], step_change=run.step_change,
+                   reference_llc=None if run.reference is None else run.reference.llc)
+
+
+def llc_trajectory(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    checkpoints: Sequence[Mapping[str, torch.Tensor]],
+    config: SGLDConfig,
+    device: torch.device | str | None = None,
+    *,
+    checkpoint_indices: Sequence[int] | None = None,
+    vectorize: bool | None = None,
+    progress: bool = True,
+    step_check: bool = False,
+    criteria: Criteria | None = None,
+    on_divergence: Literal["record", "raise"] = "record",
+) -> LLCTrajectory:
+    """The LLC ``λ̂ = nβ (E[L(w)] − L(w*))`` at every checkpoint
+    (:func:`local_learning_coefficient`), with its error, burn-in, verdicts and, with
+    ``step_check``, its change at half the step.  The same sampling as :func:`bif_trajectory`
+    (arguments, streams, divergence policy), with the sampling set as its only observables;
+    ``loss_fn`` must return the negative log-likelihood per sample for λ̂ to estimate the
+    learning coefficient."""
+    return LLCTrajectory.of(bif_trajectory(
+        model, loss_fn, data, checkpoints, config, None, device, checkpoint_indices=checkpoint_indices,
+        vectorize=vectorize, progress=progress, step_check=step_check, criteria=criteria,
+        on_divergence=on_divergence))
 
 
 def at_equal_travel(config: SGLDConfig, epsilon: float) -> SGLDConfig:
@@ -566,6 +630,15 @@ def trace_correlation(traces: np.ndarray, reference: np.ndarray) -> np.ndarray:
     b = np.asarray(reference, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"trace shapes differ: {a.shape} and {b.shape}")
-    a = a - a.mean(axis=0)
-    b = b - b.mean(axis=0)
-    return (a * b).sum(axis=0) / np.sqrt((a**2).sum(axis=0) * (b**2).sum(axis=0))
+    return pearson(a, b, axis=0)
+
+
+def pearson(a: np.ndarray, b: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Pearson correlation of ``a`` and ``b`` (same shape) along ``axis``, in float64; ``nan``
+    where either is constant."""
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    a = a - a.mean(axis=axis, keepdims=True)
+    b = b - b.mean(axis=axis, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(axis=axis) / np.sqrt((a * a).sum(axis=axis) * (b * b).sum(axis=axis))

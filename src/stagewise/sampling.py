@@ -43,7 +43,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.data import DataLoader, Dataset, SequentialSampler, default_collate
-from stagewise.progress import progress as progress_bar
+from stagewise._progress import progress_bar
 
 from stagewise.distributed import all_gather, join_from_environment, rank_and_size, share
 
@@ -252,10 +252,35 @@ def _on_device(data: Any, device: torch.device, move: bool, what: str) -> Any:
     return data
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+def model_device(model: nn.Module, fallback: torch.device | str = "cpu") -> torch.device:
+    """Where ``model``'s weights live: the device of its first parameter (or buffer), ``fallback``
+    for a model with neither."""
+    return next((t.device for t in (*model.parameters(), *model.buffers())), torch.device(fallback))
+
+
+class FlatLayout(NamedTuple):
+    """Where each named tensor sits in one flat weight vector: the order and shapes of a model's
+    trainable parameters.  (``torch.nn.utils.parameters_to_vector`` flattens, but its inverse
+    writes into the module; here both directions are functional and keep leading batch axes.)"""
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> FlatLayout:
+        """The trainable parameters of ``model``, in ``named_parameters`` order."""
+        trainable = [(name, p.shape) for name, p in model.named_parameters() if p.requires_grad]
+        return cls(tuple(name for name, _ in trainable), tuple(shape for _, shape in trainable))
+
+    def flatten(self, tensors: Mapping[str, Any], leading: int = 0, device: torch.device | None = None) -> torch.Tensor:
+        """``{name: (*batch, *shape)}`` → ``(*batch, d)``, ``batch`` the first ``leading`` axes."""
+        pieces = [torch.as_tensor(tensors[name], device=device) for name in self.names]
+        return torch.cat([piece.reshape(*piece.shape[:leading], -1) for piece in pieces], dim=-1)
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(*batch, d)`` → ``{name: (*batch, *shape)}`` (views of ``flat``)."""
+        pieces = flat.split([math.prod(shape) for shape in self.shapes], dim=-1)
+        return {name: piece.reshape(*flat.shape[:-1], *shape) for name, piece, shape in zip(self.names, pieces, self.shapes)}
 
 
 class PerSampleLoss(nn.Module):
@@ -450,7 +475,7 @@ def sample_losses(
     if on_divergence not in ("raise", "record"):
         raise ValueError(f"on_divergence must be 'raise' or 'record', got {on_divergence!r}")
     explicit = device is not None
-    device = torch.device(device) if explicit else _model_device(model)
+    device = torch.device(device) if explicit else model_device(model)
     if explicit and any(t.device != device for t in (*model.parameters(), *model.buffers())):
         model = copy.deepcopy(model).to(device)
     data = _on_device(as_tensors(data), device, explicit, "the data")
@@ -537,18 +562,13 @@ def _run_chains(
     S, T = len(sets), config.draws
     if S == 0:
         return {"sets": 0}
-    names = list(centers)
-    shapes = {k: v.shape[1:] for k, v in centers.items()}
+    layout = FlatLayout(tuple(centers), tuple(v.shape[1:] for v in centers.values()))
     checkpoint_of = torch.tensor([k for k, _ in sets], device=device)
     # All parameters of one chain live in one flat row: w, V and w* are (S, d), so each step
     # updates every chain in a handful of tensor ops.
-    center = torch.cat([centers[k].reshape(centers[k].shape[0], -1) for k in names], dim=1)[checkpoint_of]
+    center = layout.flatten(centers, leading=1)[checkpoint_of]
     dtype = center.dtype
     generators = [torch.Generator(device=device).manual_seed(chain_seed(config.seed, indices[k], c)) for k, c in sets]
-
-    def unflatten(flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        pieces = flat.split([math.prod(shapes[k]) for k in names], dim=1)
-        return {k: piece.reshape(flat.shape[0], *shapes[k]) for k, piece in zip(names, pieces)}
 
     start = initial[checkpoint_of]
     threshold = start + config.divergence_factor * (start.abs() + dimension / (2 * config.nbeta))
@@ -567,7 +587,7 @@ def _run_chains(
         else:
             order = torch.stack([torch.randperm(n, generator=g, device=device)[:m] for g in generators])
             batch = tree_map(lambda leaf: leaf[order], data)
-        params = unflatten(state.w)
+        params = layout.unflatten(state.w)
         grads, (batch_loss, per_sample) = gradient(params, batch)
         bad = (~torch.isfinite(batch_loss) | (batch_loss > threshold)) & (diverged_at < 0)
         if bool(bad.any()):
@@ -597,7 +617,7 @@ def _run_chains(
                         observed = torch.full((S, T, current.shape[-1]), float("nan"), dtype=current.dtype,
                                               device=device)
                     observed[:, draw] = current.masked_fill(dead[:, None], float("nan"))
-            g = torch.cat([grads[k].reshape(S, -1) for k in names], dim=1)
+            g = layout.flatten(grads, leading=1)
             # float32 normals are several times cheaper to draw, and their precision is ample
             if step % block == 0:
                 for rows, generator in zip(noise, generators):
@@ -616,11 +636,11 @@ def _run_chains(
             bar.set_postfix_str(postfix + (f", {int(dead.sum())}/{S} diverged" if any_dead else ""))
     if record_sampling and sampled is None:  # every chain diverged before the first draw
         with torch.no_grad():
-            width = evaluate(unflatten(center[:1]), data).shape[-1]
+            width = evaluate(layout.unflatten(center[:1]), data).shape[-1]
         sampled = torch.full((S, T, width), float("nan"), dtype=dtype, device=device)
     if observables is not None and observed is None:
         with torch.no_grad():
-            width = evaluate(unflatten(center[:1]), observables).shape[-1]
+            width = evaluate(layout.unflatten(center[:1]), observables).shape[-1]
         observed = torch.full((S, T, width), float("nan"), dtype=dtype, device=device)
 
     def cpu(x: torch.Tensor | None) -> torch.Tensor | None:

@@ -1,4 +1,5 @@
-"""Reading stages off a training curve."""
+"""Reading stages off a training curve: its steepest stretches, where it first reaches a level,
+where it changes sign."""
 
 from __future__ import annotations
 
@@ -23,6 +24,28 @@ def inflection_steps(steps: np.ndarray, values: np.ndarray, fraction: float = 0.
     padded = np.concatenate([[-np.inf], rate, [-np.inf]])
     peaks = np.flatnonzero((rate >= padded[:-2]) & (rate > padded[2:]) & (rate >= fraction * rate.max()))
     return np.exp((x[peaks] + x[peaks + 1]) / 2)
+
+
+def first_crossing(steps: np.ndarray, values: np.ndarray, level: float) -> float:
+    """First step at which ``values`` reaches ``level`` (``values >= level``), linearly
+    interpolated from the checkpoint before; ``steps[0]`` if it starts there, ``nan`` if it never
+    does.  ``steps`` and ``values``: ``(T,)``."""
+    values = np.asarray(values)
+    above = np.flatnonzero(values >= level)
+    if len(above) == 0:
+        return float("nan")
+    if above[0] == 0:
+        return float(steps[0])
+    return float(_interpolated(steps, values, int(above[0]), level))
+
+
+def _interpolated(steps: np.ndarray, values: np.ndarray, k: int, level: float) -> float:
+    """The step between checkpoints ``k − 1`` and ``k`` at which the straight line through their
+    values takes ``level`` (``np.interp`` on the pair, turned to run uphill)."""
+    pair, where = np.asarray(values[k - 1 : k + 1], dtype=float), np.asarray(steps[k - 1 : k + 1], dtype=float)
+    if pair[0] > pair[1]:
+        return float(np.interp(-level, -pair, where))
+    return float(np.interp(level, pair, where))
 
 
 def sign_changes(steps: np.ndarray, values: np.ndarray, floor: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +76,6 @@ def sign_changes(steps: np.ndarray, values: np.ndarray, floor: float = 0.01) -> 
         if np.sign(values[end]) == sign:
             continue
         k = start + 1 + int(np.argmax(sign * values[start + 1:end + 1] <= 0))   # first not on the old side
-        before, at = values[k - 1], values[k]
-        crossings.append(steps[k - 1] + (steps[k] - steps[k - 1]) * before / (before - at))
+        crossings.append(_interpolated(steps, values, k, 0.0))
         after.append(-sign)
     return np.array(crossings), np.array(after, dtype=int)

@@ -3,9 +3,13 @@
 The domain modules (:mod:`stagewise.sampling`, :mod:`stagewise.influence`, :mod:`stagewise.toy`,
 :mod:`stagewise.lm`, …) compute and never touch a cache or a profile.  The modules of this
 package wrap them for the chapters: they read the sizes of the chosen profile
-(:mod:`stagewise.profiles`), the device (``$STAGEWISE_DEVICE``) and cache the expensive results
-(:mod:`stagewise.cache`), so a rebuilt chapter reuses what it computed before.  A researcher
-calling the library directly never writes to a cache behind their back.
+(:mod:`stagewise.book.profiles`), the device (``$STAGEWISE_DEVICE``) and cache the expensive
+results (:mod:`stagewise.book.cache`), so a rebuilt chapter reuses what it computed before.  A
+researcher calling the library directly never writes to a cache behind their back.  Importing
+this package sends the domain's progress bars where :mod:`stagewise.book.progress` says.
+
+Nothing in the domain imports this package (``tests/test_layers.py`` checks every domain
+module's transitive imports).
 """
 
 from __future__ import annotations
@@ -13,6 +17,11 @@ from __future__ import annotations
 import os
 
 import torch
+
+from stagewise._progress import set_progress_factory
+from stagewise.book.progress import progress
+
+set_progress_factory(progress)
 
 DEVICE_ENV = "STAGEWISE_DEVICE"
 

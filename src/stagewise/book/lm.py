@@ -20,23 +20,19 @@ import numpy as np
 import torch
 
 from stagewise.book import book_device
-from stagewise.cache import artifact_key, cache_dir, cached
+from stagewise.book.cache import artifact_key, cache_dir, cached
 from stagewise.lm import experiment, sources
 from stagewise.influence import at_equal_travel
 from stagewise.lm.experiment import LanguageModelRun, StepCheck, TokenDraws, TokenInfluenceConfig, branch_run
 from stagewise.lm.sources import LanguageModelSource, LocalSource, PythiaSource, SourceUnavailable
 from stagewise.lm.training import LMConfig
-from stagewise.profiles import LM_SOURCE_ENV, LanguageModelSizes, Profile, get_profile
-from stagewise.sampling import SGLDConfig
+from stagewise.book.profiles import LM_SOURCE_ENV, LanguageModelSizes, Profile, get_profile
 
 # The domain's LanguageModelRun, TokenInfluenceConfig and branch_run are importable from here too,
 # but documented once, in stagewise.lm.
-__all__ = ["PAPER_SAMPLER", "PILE_ENV", "lm_source", "prepare_run", "step_check", "study_config", "study_sizes",
-           "token_draws"]
+__all__ = ["PILE_ENV", "cached_run", "cached_token_draws", "lm_source", "step_check", "study_sizes"]
 
 PILE_ENV = "STAGEWISE_PILE"
-PAPER_SAMPLER: dict[str, float] = {"epsilon": 1e-6, "nbeta": 256, "gamma": 1000}
-"""The paper's sampler for Pythia-14m (Table 2: ε = 1e-6, nβ ∈ {256, 1024}, γ ∈ {500, 1000})."""
 OFFLINE_HINT = (f"To build the book offline instead, use the local source: unset {LM_SOURCE_ENV} (or set "
                 f"{LM_SOURCE_ENV}=local). To use Pythia without a network, fill the hub cache (HF_HOME) with its "
                 f"revisions, set HF_HUB_OFFLINE=1, and name local Pile .jsonl.zst shards in {PILE_ENV}.")
@@ -54,48 +50,33 @@ def lm_source(profile: Profile | None = None) -> LanguageModelSource:
 
 def _check(source: LanguageModelSource) -> None:
     try:
-        sources.check_available(source)
+        source.check_available()
     except SourceUnavailable as error:
         raise SourceUnavailable(f"{error}.\n{OFFLINE_HINT}") from None
 
 
 def study_sizes(profile: Profile | None = None) -> LanguageModelSizes:
     """Chapter 5's sizes for the profile's source: the profile's ``lm`` for the local source;
-    for Pythia, the hub model's architecture and the profile's ``pythia`` study sizes (fails at
-    once, saying what is missing, when Pythia cannot be reached)."""
+    for Pythia, the profile's ``pythia`` study with the hub model's architecture (fails at once,
+    saying what is missing, when Pythia cannot be reached)."""
     profile = profile or get_profile()
     source = lm_source(profile)
-    if isinstance(source, LocalSource):
+    if not source.published_checkpoints:
         return profile.lm
     _check(source)
     from transformers import AutoConfig
 
     hub = AutoConfig.from_pretrained(source.repo, revision=f"step{source.steps[-1]}", cache_dir=source.cache_dir)
+    model = LMConfig(vocab_size=hub.vocab_size, hidden=hub.hidden_size, layers=hub.num_hidden_layers,
+                     heads=hub.num_attention_heads, intermediate=hub.intermediate_size,
+                     context=hub.max_position_embeddings, steps=max(source.steps),
+                     batch_size=1024, checkpoint_interval=1000)  # Pythia's: 1024 sequences a step, a revision every 1000
     study = profile.pythia
     return LanguageModelSizes(
-        vocab_size=hub.vocab_size, hidden=hub.hidden_size, layers=hub.num_hidden_layers, heads=hub.num_attention_heads,
-        intermediate=hub.intermediate_size, context=hub.max_position_embeddings, steps=max(source.steps),
-        batch_size=1024, checkpoint_interval=1000,  # Pythia's: 1024 sequences a step, a revision every 1000 steps
-        observable_sequences=study.observable_sequences, sequence_length=study.sequence_length,
-        sampling_batch=study.sampling_batch, chains=study.chains, draws=study.draws,
-        analysed_steps=study.analysed_steps, null_samples=profile.lm.null_samples,
+        study=replace(study.study, model=model), analysed_steps=study.analysed_steps,
+        null_samples=profile.lm.null_samples,
         asserts_claims=False,  # the claims of the local run; Pythia's are asserted in their own section
     )
-
-
-def study_config(sizes: LanguageModelSizes, epsilon: float, nbeta: float, gamma: float,
-                 sampling_sequences: int | None = None) -> TokenInfluenceConfig:
-    """The per-token influence study at the sizes ``sizes`` with the given sampler."""
-    model = LMConfig(vocab_size=sizes.vocab_size, hidden=sizes.hidden, layers=sizes.layers, heads=sizes.heads,
-                     intermediate=sizes.intermediate, context=sizes.context, steps=sizes.steps,
-                     batch_size=sizes.batch_size, checkpoint_interval=sizes.checkpoint_interval,
-                     learning_rate=sizes.learning_rate, lr_schedule=sizes.lr_schedule,
-                     repeated_fraction=sizes.repeated_fraction)
-    sgld = SGLDConfig(epsilon=epsilon, nbeta=nbeta, gamma=gamma, chains=sizes.chains, draws=sizes.draws,
-                      batch_size=sizes.sampling_batch, burn_in=sizes.burn_in, thin=sizes.thin)
-    config = TokenInfluenceConfig(model=model, sgld=sgld, observable_sequences=sizes.observable_sequences,
-                                  sequence_length=sizes.sequence_length)
-    return config if sampling_sequences is None else replace(config, sampling_sequences=sampling_sequences)
 
 
 def _source_key(source: LanguageModelSource) -> dict:
@@ -107,24 +88,24 @@ def _source_key(source: LanguageModelSource) -> dict:
             "documents": source.documents, "seed": source.seed}
 
 
-def prepare_run(sizes: LanguageModelSizes, source: LanguageModelSource | None = None, *, epsilon: float,
-                nbeta: float, gamma: float, train: bool = False, sampling_sequences: int | None = None,
+def cached_run(study: TokenInfluenceConfig, source: LanguageModelSource | None = None, *, train: bool = False,
                 keep_states: bool = False, progress: bool = True) -> LanguageModelRun:
-    """The run of the study at ``sizes`` on ``source`` (default: the profile's), kept in the
-    book's cache and loaded on :func:`stagewise.book.book_device`.
+    """The run of ``study`` (a profile's ``LanguageModelSizes.study``, or any variation of it) on
+    ``source`` (default: the profile's), kept in the book's cache and loaded on
+    :func:`stagewise.book.book_device`.
 
     With a Pythia source the checkpoints are its hub revisions unless ``train``, in which case a
-    model of ``sizes`` with Pythia's vocabulary is trained on the Pile (as the paper's App. D.2
-    does).  ``keep_states`` implies a trained run; see :func:`stagewise.lm.experiment.prepare_run`.
+    model of ``study.model`` with Pythia's vocabulary is trained on the Pile (as the paper's
+    App. D.2 does).  ``keep_states`` implies a trained run; see
+    :func:`stagewise.lm.experiment.prepare_run`.
     """
     source = lm_source() if source is None else source
     _check(source)
-    config = study_config(sizes, epsilon, nbeta, gamma, sampling_sequences)
     train = train or keep_states
-    if isinstance(source, PythiaSource) and train:
-        config = replace(config, model=replace(config.model, vocab_size=sources.source_vocab_size(source, config.model)))
+    if train:
+        study = replace(study, model=replace(study.model, vocab_size=source.vocab_size(study.model)))
     directory = cache_dir() / artifact_key("lm-source", _source_key(source), sources)
-    return experiment.prepare_run(config, directory, source, train=train, progress=progress,
+    return experiment.prepare_run(study, directory, source, train=train, progress=progress,
                                   keep_states=keep_states, device=book_device())
 
 
@@ -132,7 +113,7 @@ def _digest(ids: torch.Tensor) -> str:
     return hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest()
 
 
-def token_draws(run: LanguageModelRun, step: int, observables: torch.Tensor | None = None,
+def cached_token_draws(run: LanguageModelRun, step: int, observables: torch.Tensor | None = None,
                 sampling: torch.Tensor | None = None, progress: bool = True) -> TokenDraws:
     """:func:`stagewise.lm.experiment.token_draws`, cached: the kept draws ``.losses``
     ``(chains, kept draws, M·(L−1))`` with the burn-in, traces and verdict."""
@@ -149,8 +130,8 @@ def step_check(run: LanguageModelRun, step: int, membership: np.ndarray, progres
     """The calibration rule at checkpoint ``step``: the run's draws there (cached) against draws
     at half its step run twice as long (:func:`~stagewise.influence.at_equal_travel`), so that
     the chains travel as far (cached too, the same seeds and observables), compared by :func:`stagewise.lm.experiment.compare_steps` on the
-    groups of ``membership`` ``(n, A)``.  Costs two more :func:`token_draws` at ``step``."""
+    groups of ``membership`` ``(n, A)``.  Costs two more :func:`cached_token_draws` at ``step``."""
     sgld = run.config.sgld
     half = replace(run, config=replace(run.config, sgld=at_equal_travel(sgld, sgld.epsilon / 2)))
-    return experiment.compare_steps(token_draws(run, step, progress=progress),
-                                    token_draws(half, step, progress=progress), membership)
+    return experiment.compare_steps(cached_token_draws(run, step, progress=progress),
+                                    cached_token_draws(half, step, progress=progress), membership)

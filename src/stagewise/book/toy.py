@@ -1,6 +1,6 @@
 """The book's boundary for Chapters 2 to 4 (the toy model): profile sizes, the device and
 caching around the domain functions of :mod:`stagewise.toy`, :mod:`stagewise.influence` and
-:mod:`stagewise.retraining`.
+:mod:`stagewise.toy.retraining`.
 
 Run Chapter 3's sampling on ``N`` GPUs (or ``N`` CPU processes), filling the cache the chapter
 then reads::
@@ -15,13 +15,13 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from stagewise import retraining
+from stagewise.toy import retraining
 from stagewise.book import book_device
-from stagewise.cache import cached
+from stagewise.book.cache import cached
 from stagewise.classical import LocalCurvature, gaussian_bif, local_curvature
 from stagewise.distributed import init_from_environment, rank_and_size
-from stagewise.influence import BIFTrajectory, Calibration, calibrate
-from stagewise.profiles import ToySizes, get_profile
+from stagewise.influence import BIFTrajectory, Calibration, LLCTrajectory, calibrate
+from stagewise.book.profiles import ToySizes, get_profile
 from stagewise.sampling import SGLDConfig
 from stagewise.toy import experiment as toy_experiment
 from stagewise.toy.experiment import (
@@ -50,30 +50,26 @@ def device() -> torch.device:
     return chosen
 
 
-POSTERIOR = {"nbeta": 3000.0, "gamma": 5000.0}
-"""The chapters' local posterior: nβ (under the ½Σ reading of the loss) and γ.  They choose
-what is sampled; :func:`calibration` chooses how finely (the step size)."""
-
-
 def calibration(run: ToyExperiment | None = None) -> Calibration:
     """:func:`stagewise.calibrate` on the toy network (cached): the library's default grid of
-    step sizes at :data:`POSTERIOR`, at every ``calibration_stride``-th checkpoint, with the
-    profile's ``calibration_chains`` and the BIF trajectory's draws, the warm-up found from the
-    trace."""
+    step sizes at the profile's posterior (``posterior_nbeta``, ``posterior_gamma``), at every
+    ``calibration_stride``-th checkpoint, with the profile's ``calibration_chains`` and the BIF
+    trajectory's draws, the warm-up found from the trace."""
     run = run or experiment()
     toy = sizes()
     where = device()
     settings = {"chains": toy.calibration_chains, "draws": toy.bif_draws}
+    posterior = {"nbeta": toy.posterior_nbeta, "gamma": toy.posterior_gamma}
     key = {"training": run.config, "checkpoints": len(run.epochs), "stride": toy.calibration_stride,
-           "posterior": POSTERIOR, "settings": settings, "device": where.type}
+           "posterior": posterior, "settings": settings, "device": where.type}
     rank, _ = rank_and_size()
     return cached("toy-calibration", key, lambda: run.calibrate(
-        toy.calibration_stride, device=where, progress=rank == 0, **POSTERIOR, **settings),
+        toy.calibration_stride, device=where, progress=rank == 0, **posterior, **settings),
         depends_on=(toy_experiment, calibrate))
 
 
 def bif_setting(run: ToyExperiment | None = None) -> SGLDConfig:
-    """Chapter 3's SGLD setting for the BIF trajectory: :data:`POSTERIOR` at the step chosen by
+    """Chapter 3's SGLD setting for the BIF trajectory: the profile's posterior at the step chosen by
     :func:`calibration`, with the profile's chains (``bif_chains``) and draws and the warm-up
     found from the trace (``burn_in=None``)."""
     return replace(calibration(run).config, chains=sizes().bif_chains)
@@ -81,7 +77,7 @@ def bif_setting(run: ToyExperiment | None = None) -> SGLDConfig:
 
 def training_config() -> TrainingConfig:
     """The chapters' training hyperparameters (App. C.1) with the profile's training seed
-    (:attr:`stagewise.profiles.Profile.seed`; ``$STAGEWISE_SEED`` overrides it)."""
+    (:attr:`stagewise.book.profiles.Profile.seed`; ``$STAGEWISE_SEED`` overrides it)."""
     return TrainingConfig(seed=get_profile().seed)
 
 
@@ -94,7 +90,7 @@ def experiment(config: TrainingConfig | None = None, checkpoints: int | None = N
                   lambda: run_toy_experiment(config, count, device=device()), depends_on=run_toy_experiment)
 
 
-def bif_trajectory(run: ToyExperiment, config: SGLDConfig, stride: int = 1, progress: bool = True,
+def cached_bif_trajectory(run: ToyExperiment, config: SGLDConfig, stride: int = 1, progress: bool = True,
                    step_check: bool = False) -> BIFTrajectory:
     """:meth:`ToyExperiment.bif_trajectory` on the chapters' device, cached by configuration
     (and device type: CPU and GPU random streams differ)."""
@@ -105,6 +101,18 @@ def bif_trajectory(run: ToyExperiment, config: SGLDConfig, stride: int = 1, prog
     rank, _ = rank_and_size()
     return cached("toy-bif", key, lambda: run.bif_trajectory(config, stride, progress=progress and rank == 0, device=where,
                                                             step_check=step_check),
+                  depends_on=toy_experiment)
+
+
+def cached_llc_trajectory(run: ToyExperiment, config: SGLDConfig, stride: int = 1, progress: bool = True,
+                   step_check: bool = False) -> LLCTrajectory:
+    """:meth:`ToyExperiment.llc_trajectory` on the chapters' device, cached by configuration."""
+    where = device()
+    key = {"training": run.config, "checkpoints": len(run.epochs), "stride": stride, "sgld": config,
+           "device": where.type, "step_check": step_check}
+    rank, _ = rank_and_size()
+    return cached("toy-llc", key, lambda: run.llc_trajectory(config, stride, progress=progress and rank == 0,
+                                                            device=where, step_check=step_check),
                   depends_on=toy_experiment)
 
 
@@ -126,7 +134,7 @@ def posterior_gaussianity(run: ToyExperiment, configs: list[SGLDConfig], checkpo
                   depends_on=gaussian_check)
 
 
-def leave_one_out(run: ToyExperiment) -> np.ndarray:
+def cached_leave_one_out(run: ToyExperiment) -> np.ndarray:
     """Leave-one-out retraining at every checkpoint of ``run`` (cached): ``(T, P, N)``."""
     return cached("toy-loo", {"training": run.config, "epochs": run.epochs.tolist()},
                   lambda: retraining.leave_one_out(run.data, run.config, run.epochs, device=device()),
@@ -156,7 +164,7 @@ def gaussian_limit(run: ToyExperiment, config: SGLDConfig, stride: int = 1) -> n
 
 
 def upweighting(run: ToyExperiment, perturb: str) -> np.ndarray:
-    """:func:`stagewise.retraining.upweighting_influence` at every checkpoint (cached): ``(T, P, N)``."""
+    """:func:`stagewise.toy.retraining.upweighting_influence` at every checkpoint (cached): ``(T, P, N)``."""
     key = {"training": run.config, "epochs": run.epochs.tolist(), "perturb": perturb}
     return cached("toy-upweighting", key, lambda: retraining.upweighting_influence(
         run.data, run.config, run.epochs, perturb=perturb, device=device()), depends_on=retraining.upweighting_influence)
@@ -179,7 +187,7 @@ def main() -> None:
     init_from_environment()
     rank, size = rank_and_size()
     run = experiment()
-    result = bif_trajectory(run, bif_setting())
+    result = cached_bif_trajectory(run, bif_setting())
     if rank == 0:
         print(f"on {size} process(es), {device().type}: {result.summary()}")
 

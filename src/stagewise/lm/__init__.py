@@ -16,16 +16,16 @@ from stagewise.lm.checkpoints import PYTHIA_STEPS, LocalCheckpoints, PythiaCheck
 from stagewise.lm.classes import CLASSES, classify_tokens
 from stagewise.lm.corpus import Corpus, folder_corpus, pile_corpus, stdlib_corpus
 from stagewise.lm.experiment import (
-    LanguageModelRun, StepCheck, TokenDraws, TokenInfluenceConfig, branch_run, compare_steps, prepare_run,
-    stationary_draws, token_draws,
+    PAPER_TABLE_2, LanguageModelRun, StepCheck, TokenDraws, TokenInfluenceConfig, TokenTargets, branch_run, compare_steps,
+    prepare_run, stationary_draws, token_draws, token_targets,
 )
 from stagewise.lm.sources import LocalSource, PythiaSource, SourceUnavailable
 from stagewise.lm.tokenizer import load_tokenizer, token_strings, train_bpe_tokenizer
 from stagewise.lm.training import LMConfig, pythia_architecture, token_losses, train_language_model
 
 __all__ = [
-    "CLASSES", "PYTHIA_STEPS", "Corpus", "LMConfig", "LanguageModelRun", "LocalCheckpoints", "LocalSource",
-    "PythiaCheckpoints", "PythiaSource", "SourceUnavailable", "StepCheck", "TokenDraws", "TokenInfluenceConfig",
+    "CLASSES", "PAPER_TABLE_2", "PYTHIA_STEPS", "Corpus", "LMConfig", "LanguageModelRun", "LocalCheckpoints", "LocalSource",
+    "PythiaCheckpoints", "PythiaSource", "SourceUnavailable", "StepCheck", "TokenDraws", "TokenInfluenceConfig", "TokenTargets",
     "branch_run", "classify_tokens", "compare_steps", "folder_corpus", "load_tokenizer", "pile_corpus", "prepare_run", "pythia_architecture",
-    "stationary_draws", "stdlib_corpus", "token_draws", "token_losses", "token_strings", "train_bpe_tokenizer", "train_language_model",
+    "stationary_draws", "stdlib_corpus", "token_draws", "token_losses", "token_targets", "token_strings", "train_bpe_tokenizer", "train_language_model",
 ]

@@ -19,8 +19,8 @@ The induction pattern also holds for the later pieces of a word split into sever
 whenever the word occurred before in the sequence: :func:`word_continuations` marks those
 pieces, so that the class can be read without them.
 
-Strings are the decoded text of each token; GPT-2/Pythia byte-level vocabulary entries
-(``Ġ`` for a space, ``Ċ`` for a newline) are turned into text with :func:`decode_byte_level`.
+Strings are the decoded text of each token (:func:`stagewise.lm.tokenizer.token_strings`), not
+the GPT-2/Pythia byte-level vocabulary entries (``Ġ`` for a space, ``Ċ`` for a newline).
 """
 
 from __future__ import annotations
@@ -44,25 +44,6 @@ RULE_LENGTH = 4
 are too often operators or an ellipsis)."""
 REPLACEMENT = "\ufffd"
 """What a piece of a split UTF-8 character decodes to on its own."""
-
-
-def _byte_of_character() -> dict[str, int]:
-    """GPT-2's byte-level alphabet reversed: printable bytes stand for themselves, the others
-    (space, newline, control bytes…) for ``chr(256 + k)`` in byte order (so ``Ġ`` is a space)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return {chr(b): b for b in printable} | {chr(256 + k): b for k, b in enumerate(others)}
-
-
-BYTE_OF_CHARACTER = _byte_of_character()
-
-
-def decode_byte_level(token: str) -> str:
-    """The text of a GPT-2/Pythia byte-level vocabulary entry (``"Ġ----"`` → ``" ----"``,
-    ``"ĊĊ"`` → ``"\n\n"``); an incomplete UTF-8 sequence decodes to ``\ufffd``."""
-    if any(char not in BYTE_OF_CHARACTER for char in token):
-        raise ValueError(f"{token!r} is not a byte-level vocabulary entry")
-    return bytes(BYTE_OF_CHARACTER[char] for char in token).decode("utf-8", errors="replace")
 
 
 def _is_formatting(token: str) -> bool:

@@ -16,7 +16,7 @@ does, for the book.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +24,7 @@ import torch
 
 from stagewise.lm.checkpoints import LocalCheckpoints, PythiaCheckpoints
 from stagewise.lm.classes import classify_tokens
-from stagewise.lm.sources import (
-    LanguageModelSource,
-    LocalSource,
-    check_available,
-    model_directory,
-    source_checkpoints,
-    source_streams,
-    source_tokenizer,
-)
+from stagewise.lm.sources import LanguageModelSource, LocalSource, model_directory, source_streams
 from stagewise.lm.tokenizer import token_strings
 from stagewise.diagnostics import (
     HEALTHY, STEP_SENSITIVE, VERDICTS, Criteria, bif_standard_error, chain_rhat, find_burn_in, judge, little_signal,
@@ -40,7 +32,7 @@ from stagewise.diagnostics import (
 )
 from stagewise.influence import bif_matrix
 from stagewise.lm.training import LMConfig, sequences, token_losses, train_language_model
-from stagewise.sampling import LossDraws, SGLDConfig, sample_losses
+from stagewise.sampling import LossDraws, SGLDConfig, model_device, sample_losses
 
 
 @dataclass(frozen=True)
@@ -60,6 +52,33 @@ class TokenInfluenceConfig:
     """Seeds the choice of the sampling and observable sequences."""
 
 
+PAPER_TABLE_2 = TokenInfluenceConfig()
+"""The paper's Table 2 for Pythia-14m, the defaults above: SGLD at ε = 1e-6, nβ = 256 (of
+{256, 1024}), γ = 1000 (of {500, 1000}), 4 chains × 200 draws on minibatches of 64, and 600
+observable sequences × 55 tokens."""
+
+
+@dataclass(frozen=True)
+class TokenTargets:
+    """The tokens whose losses are recorded, in the column order of every per-token loss tensor:
+    positions 1…L−1 of each of the ``M`` observable sequences (position 0 has no prediction),
+    sequence after sequence.  ``ids``: ``(M·(L−1),)`` their token ids; ``sequence``: ``(M·(L−1),)``
+    the sequence each belongs to; ``classes``: ``(M·(L−1), 6)`` their membership of
+    :data:`~stagewise.lm.classes.CLASSES`."""
+
+    ids: np.ndarray
+    sequence: np.ndarray
+    classes: np.ndarray
+
+
+def token_targets(sequences: torch.Tensor, tokenizer) -> TokenTargets:
+    """The :class:`TokenTargets` of ``sequences`` (``(M, L)`` token ids) under ``tokenizer``."""
+    rows = [classify_tokens(ids, token_strings(tokenizer, ids))[1:] for ids in sequences.tolist()]
+    m, length = sequences.shape
+    return TokenTargets(ids=sequences[:, 1:].reshape(-1).numpy(), sequence=np.repeat(np.arange(m), length - 1),
+                        classes=np.concatenate(rows))
+
+
 @dataclass
 class LanguageModelRun:
     """Checkpoints with their tokenizer and the fixed sampling and observable sets."""
@@ -77,13 +96,9 @@ class LanguageModelRun:
     directory: Path
     """Where the source's tokenizer, streams and trained runs are kept (branches train here)."""
 
-    def observable_classes(self) -> np.ndarray:
-        """Class membership of every observable *target* token (positions 1…L−1 of each
-        sequence, the tokens whose losses are recorded), ``(M·(L−1), 6)``."""
-        rows = []
-        for ids in self.observable_ids.tolist():
-            rows.append(classify_tokens(ids, token_strings(self.tokenizer, ids))[1:])
-        return np.concatenate(rows)
+    def observable_targets(self) -> TokenTargets:
+        """The observables' target tokens: ids, sequence index and classes, in the loss columns' order."""
+        return token_targets(self.observable_ids, self.tokenizer)
 
 
 def prepare_run(config: TokenInfluenceConfig, directory: str | Path, source: LanguageModelSource = LocalSource(),
@@ -99,16 +114,16 @@ def prepare_run(config: TokenInfluenceConfig, directory: str | Path, source: Lan
     that can be neither reached nor found in the hub cache raises
     :class:`~stagewise.lm.sources.SourceUnavailable` before anything else runs.
     """
-    check_available(source)
+    source.check_available()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = source_tokenizer(source, config.model.vocab_size, directory)
-    if (train or isinstance(source, LocalSource)) and len(tokenizer) > config.model.vocab_size:
+    tokenizer = source.tokenizer(config.model.vocab_size, directory)
+    if (train or not source.published_checkpoints) and len(tokenizer) > config.model.vocab_size:
         raise ValueError(f"the model's vocabulary ({config.model.vocab_size}) is smaller than the tokenizer's "
                          f"({len(tokenizer)}); set LMConfig.vocab_size to at least that")
     tokens = source_streams(source, tokenizer, config.model.vocab_size, directory)
-    checkpoints = source_checkpoints(source, config.model, tokens["train"], directory, train=train,
-                                     progress=progress, keep_states=keep_states, device=device)
+    checkpoints = source.checkpoints(config.model, tokens["train"], directory, train=train, progress=progress,
+                                     keep_states=keep_states, device=device)
     return LanguageModelRun(
         config=config,
         source=source,
@@ -169,6 +184,8 @@ class TokenDraws:
     verdict: str
     reasons: list[tuple[str, str]]
     config: SGLDConfig
+    targets: TokenTargets | None = None
+    """What the loss columns are (ids, sequence, classes); set by :func:`token_draws`."""
 
     @property
     def recorded(self) -> int:
@@ -232,7 +249,8 @@ def token_draws(run: LanguageModelRun, step: int, observables: torch.Tensor | No
                 criteria: Criteria = Criteria()) -> TokenDraws:
     """Per-token losses of the observable sequences at the SGLD draws around checkpoint ``step``
     that follow the warm-up, judged (:func:`stationary_draws`): a :class:`TokenDraws` whose
-    ``losses`` are ``(chains, kept draws, M·(L−1))``, float32 on the CPU.  ``observables``
+    ``losses`` are ``(chains, kept draws, M·(L−1))``, float32 on the CPU, with ``targets`` saying
+    what its columns are (:class:`TokenTargets`).  ``observables``
     replaces the run's held-out sequences (``(M, L)`` token ids, e.g. a repeated probe);
     ``sampling`` replaces the sequences SGLD draws its minibatches from (``(S, L)`` token ids,
     default ``run.sampling_ids``).  Sampling runs on the checkpoints' device; a diverging chain
@@ -240,11 +258,11 @@ def token_draws(run: LanguageModelRun, step: int, observables: torch.Tensor | No
     observables = run.observable_ids if observables is None else observables
     sampling = run.sampling_ids if sampling is None else sampling
     model = run.checkpoints.load(step)
-    device = next(model.parameters()).device
+    device = model_device(model)
     draws = sample_losses(model, token_losses, sampling.to(device), run.config.sgld, observables.to(device),
                           record_sampling=False, progress=progress)
     dimension = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return stationary_draws(draws, dimension, criteria)
+    return replace(stationary_draws(draws, dimension, criteria), targets=token_targets(observables, run.tokenizer))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ import torch
 from stagewise.lm.classes import word_continuations
 from stagewise.lm.tokenizer import token_strings
 from stagewise.lm.training import LMConfig, token_losses, training_batch
+from stagewise.sampling import model_device
+from stagewise.stages import first_crossing
 
 PROBE_GROUPS: tuple[str, ...] = ("non-repeated", "repeated")
 """Token groups of a repeated probe: targets of the first half, and targets of the second half
@@ -104,16 +106,11 @@ def target_word_continuations(tokenizer, ids: torch.Tensor) -> np.ndarray:
     return np.concatenate([word_continuations(token_strings(tokenizer, row))[1:] for row in ids.tolist()])
 
 
-def _model_device(model: torch.nn.Module, fallback: torch.device) -> torch.device:
-    """Where ``model``'s weights live (``fallback`` for a model without parameters)."""
-    return next((p.device for p in model.parameters()), fallback)
-
-
 def induction_scores(model: torch.nn.Module, probe: torch.Tensor) -> np.ndarray:
     """Mean attention from each token of the repeated half to the token after its first
     occurrence, per head: ``(layers, heads)``, in [0, 1]; ``probe`` from :func:`repeated_sequences`."""
     half = probe.shape[1] // 2
-    device = _model_device(model, probe.device)
+    device = model_device(model, probe.device)
     with torch.no_grad():
         attentions = model(input_ids=probe.to(device), output_attentions=True).attentions  # layers × (B, H, L, L)
     queries = torch.arange(half, 2 * half - 1, device=device)
@@ -124,7 +121,7 @@ def in_context_loss_drop(model: torch.nn.Module, probe: torch.Tensor) -> float:
     """Mean loss on the first half minus mean loss on the predictable repeated tokens (nats)."""
     half = probe.shape[1] // 2
     with torch.no_grad():
-        losses = token_losses(model, probe.to(_model_device(model, probe.device)))  # target t + 1 at column t
+        losses = token_losses(model, probe.to(model_device(model, probe.device)))  # target t + 1 at column t
     return float(losses[:, : half - 1].mean() - losses[:, half:].mean())
 
 
@@ -147,7 +144,7 @@ class InductionCurves:
     def crossing_step(self, threshold: float) -> float:
         """First step at which :attr:`best_score` reaches ``threshold``, linearly interpolated
         between checkpoints; ``nan`` if it never does."""
-        return crossing_step(self.steps, self.best_score, threshold)
+        return first_crossing(self.steps, self.best_score, threshold)
 
 
 def induction_curves(load, steps: Sequence[int], probe: torch.Tensor) -> InductionCurves:
@@ -160,18 +157,6 @@ def induction_curves(load, steps: Sequence[int], probe: torch.Tensor) -> Inducti
     return InductionCurves(np.asarray(steps), np.asarray(scores), np.asarray(drops))
 
 
-def crossing_step(steps: np.ndarray, values: np.ndarray, threshold: float) -> float:
-    """First ``step`` at which ``values`` reaches ``threshold`` (interpolated), ``nan`` if never."""
-    above = np.flatnonzero(np.asarray(values) >= threshold)
-    if len(above) == 0:
-        return float("nan")
-    k = above[0]
-    if k == 0:
-        return float(steps[0])
-    s0, s1, v0, v1 = steps[k - 1], steps[k], values[k - 1], values[k]
-    return float(s0 + (threshold - v0) / (v1 - v0) * (s1 - s0))
-
-
 def formation_window(curves: InductionCurves, low: float = 0.1, high: float = 0.9) -> tuple[float, float]:
     """Steps at which the best induction score has risen ``low`` and ``high`` of the way from its
     smallest to its largest value (interpolated): where the induction head forms."""
@@ -179,4 +164,4 @@ def formation_window(curves: InductionCurves, low: float = 0.1, high: float = 0.
     if not 0 <= low < high <= 1:
         raise ValueError(f"need 0 <= low < high <= 1, got {low} and {high}")
     level = lambda fraction: best.min() + fraction * (best.max() - best.min())  # noqa: E731
-    return crossing_step(curves.steps, best, level(low)), crossing_step(curves.steps, best, level(high))
+    return first_crossing(curves.steps, best, level(low)), first_crossing(curves.steps, best, level(high))

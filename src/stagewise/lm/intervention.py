@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from scipy import stats
-from stagewise.progress import progress as progress_bar
+from stagewise._progress import progress_bar
 
 from stagewise.lm.experiment import LanguageModelRun, branch_run
 from stagewise.lm.induction import InductionCurves, induction_curves

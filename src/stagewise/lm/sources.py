@@ -43,9 +43,41 @@ class LocalSource:
     seed: int = 0
     """Seeds the split of the documents into training, validation and observable text."""
     name: ClassVar[str] = "local"
+    published_checkpoints: ClassVar[bool] = False
+    """Its models are always trained here."""
 
     def describe(self) -> str:
         return "local: a Pythia-architecture model trained here on the Python standard library, with its own BPE"
+
+    def check_available(self) -> None:
+        """Everything of the local source is made here: always available."""
+
+    def vocab_size(self, config: LMConfig) -> int:
+        """The vocabulary of its models: ``config``'s (the BPE is trained to that size)."""
+        return config.vocab_size
+
+    def corpus(self) -> Corpus:
+        """The standard library's text, split into training, validation and observable documents."""
+        return stdlib_corpus(self.seed)
+
+    def text_directory(self, vocab_size: int, directory: Path) -> Path:
+        """Where the BPE of ``vocab_size`` tokens and its token streams are kept under ``directory``."""
+        return directory / f"bpe-{vocab_size}"
+
+    def tokenizer(self, vocab_size: int, directory: Path):
+        """A BPE of ``vocab_size`` tokens trained on the corpus, kept in :meth:`text_directory`."""
+        saved = self.text_directory(vocab_size, directory) / "tokenizer"
+        with exclusive_lock(saved.with_name("tokenizer.lock")):   # another process may be training it
+            if not (saved / "tokenizer.json").exists():
+                train_bpe_tokenizer(self.corpus().train[: self.tokenizer_documents], vocab_size, saved)
+        return load_tokenizer(saved)
+
+    def checkpoints(self, model: LMConfig, train_tokens: torch.Tensor, directory: Path, train: bool = False,
+                    progress: bool = True, keep_states: bool = False,
+                    device: str | torch.device = "cpu") -> LocalCheckpoints:
+        """A model ``model`` trained (or resumed) in :func:`model_directory` on ``train_tokens``
+        (``train`` is implied: the local source has no published checkpoints)."""
+        return trained_checkpoints(model, train_tokens, directory, progress, keep_states, device)
 
 
 @dataclass(frozen=True)
@@ -65,6 +97,8 @@ class PythiaSource:
     seed: int = 0
     cache_dir: str | None = None
     """The Hugging Face hub cache (default: the hub client's, ``$HF_HOME/hub``)."""
+    published_checkpoints: ClassVar[bool] = True
+    """Its checkpoints are the hub revisions, unless a study asks to train."""
 
     def __post_init__(self) -> None:
         if not self.steps:
@@ -84,8 +118,49 @@ class PythiaSource:
             text = self.pile
         return f"{self.name}: {self.repo}'s hub revisions and tokenizer, {self.documents} documents of {text}"
 
+    def check_available(self) -> None:
+        """Raise :class:`SourceUnavailable`, naming every missing piece at once, when the
+        tokenizer, a revision or the text can be neither found locally nor fetched.  Checks only
+        small files (each revision's ``config.json``), before anything long starts, and asks the
+        hub only when something is not in its local cache."""
+        _check_pythia(self)
+
+    def vocab_size(self, config: LMConfig) -> int:
+        """The hub model's vocabulary (50 304 for Pythia), whatever ``config`` says."""
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.repo, revision=f"step{self.steps[-1]}",
+                                          cache_dir=self.cache_dir).vocab_size
+
+    def corpus(self) -> Corpus:
+        """The first ``documents`` Pile documents, split into training, validation and observable text."""
+        if self.pile_files:
+            return pile_corpus("json", self.documents, self.seed, data_files=list(self.pile_files))
+        return pile_corpus(self.pile, self.documents, self.seed)
+
+    def text_directory(self, vocab_size: int, directory: Path) -> Path:
+        """Where the token streams are kept under ``directory`` (Pythia's tokenizer is fixed)."""
+        return directory / "pythia-tokens"
+
+    def tokenizer(self, vocab_size: int, directory: Path):
+        """Pythia's tokenizer, from the hub (or its cache)."""
+        return load_tokenizer(self.repo, revision=f"step{self.steps[-1]}", cache_dir=self.cache_dir)
+
+    def checkpoints(self, model: LMConfig, train_tokens: torch.Tensor, directory: Path, train: bool = False,
+                    progress: bool = True, keep_states: bool = False,
+                    device: str | torch.device = "cpu") -> LocalCheckpoints | PythiaCheckpoints:
+        """Pythia's published revisions, or with ``train`` a model ``model`` trained (or resumed)
+        in :func:`model_directory` on ``train_tokens``, as the paper's App. D.2 does."""
+        if not train:
+            return PythiaCheckpoints(self.repo, self.steps, self.cache_dir, device=device)
+        return trained_checkpoints(model, train_tokens, directory, progress, keep_states, device)
+
 
 LanguageModelSource = LocalSource | PythiaSource
+"""A source: ``name``, ``describe()``, ``check_available()``, ``vocab_size(config)``, ``corpus()``,
+``text_directory(vocab_size, directory)``, ``tokenizer(vocab_size, directory)`` and
+``checkpoints(model, train_tokens, directory, …)``, and ``published_checkpoints``; callers never
+test which kind it is."""
 
 
 class SourceUnavailable(RuntimeError):
@@ -109,13 +184,7 @@ def _hub_reachable() -> bool:
     return True
 
 
-def check_available(source: LanguageModelSource) -> None:
-    """Raise :class:`SourceUnavailable`, naming every missing piece at once, when the tokenizer,
-    a revision or the text of ``source`` can be neither found locally nor fetched.  Checks only
-    small files (each revision's ``config.json``), before anything long starts, and asks the hub
-    only when something is not in its local cache."""
-    if isinstance(source, LocalSource):
-        return
+def _check_pythia(source: PythiaSource) -> None:
     from huggingface_hub import HfApi, hf_hub_download, try_to_load_from_cache
 
     files = [("tokenizer.json", source.steps[-1])] + [("config.json", step) for step in source.steps]
@@ -155,53 +224,15 @@ def check_available(source: LanguageModelSource) -> None:
                                 f"missing: " + "; ".join(missing))
 
 
-def source_vocab_size(source: LanguageModelSource, config: LMConfig) -> int:
-    """The vocabulary size of models of ``source``: ``config``'s for the local source, the hub
-    model's (50 304 for Pythia) for Pythia."""
-    if isinstance(source, LocalSource):
-        return config.vocab_size
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(source.repo, revision=f"step{source.steps[-1]}",
-                                      cache_dir=source.cache_dir).vocab_size
-
-
-def source_corpus(source: LanguageModelSource) -> Corpus:
-    """The text of ``source``, split into training, validation and observable documents."""
-    if isinstance(source, LocalSource):
-        return stdlib_corpus(source.seed)
-    if source.pile_files:
-        return pile_corpus("json", source.documents, source.seed, data_files=list(source.pile_files))
-    return pile_corpus(source.pile, source.documents, source.seed)
-
-
-def text_directory(source: LanguageModelSource, vocab_size: int, directory: Path) -> Path:
-    """Where the tokenizer and token streams of ``source`` are kept under ``directory``: one
-    folder per local vocabulary size; Pythia's tokenizer is fixed."""
-    return directory / (f"bpe-{vocab_size}" if isinstance(source, LocalSource) else "pythia-tokens")
-
-
-def source_tokenizer(source: LanguageModelSource, vocab_size: int, directory: Path):
-    """Pythia's tokenizer from the hub, or a BPE of ``vocab_size`` tokens trained on the local
-    corpus and kept in :func:`text_directory`."""
-    if isinstance(source, PythiaSource):
-        return load_tokenizer(source.repo, revision=f"step{source.steps[-1]}", cache_dir=source.cache_dir)
-    saved = text_directory(source, vocab_size, directory) / "tokenizer"
-    with exclusive_lock(saved.with_name("tokenizer.lock")):   # another process may be training it
-        if not (saved / "tokenizer.json").exists():
-            train_bpe_tokenizer(source_corpus(source).train[: source.tokenizer_documents], vocab_size, saved)
-    return load_tokenizer(saved)
-
-
 def source_streams(source: LanguageModelSource, tokenizer, vocab_size: int, directory: Path) -> dict[str, torch.Tensor]:
     """The training and observable text of ``source`` as 1-D token-id tensors, kept in
-    :func:`text_directory` (the Pile is read once)."""
-    path = text_directory(source, vocab_size, directory) / "streams.pt"
+    the source's ``text_directory`` (the Pile is read once)."""
+    path = source.text_directory(vocab_size, directory) / "streams.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(path.with_suffix(".lock")):   # another process may be tokenizing the same text
         if path.exists():
             return torch.load(path)
-        corpus = source_corpus(source)
+        corpus = source.corpus()
         streams = {"train": token_stream(corpus.train, tokenizer),
                    "observable": token_stream(corpus.observable, tokenizer)}
         with written_atomically(path) as temporary:
@@ -216,13 +247,9 @@ def model_directory(directory: Path, model: LMConfig) -> Path:
     return directory / f"run-{digest}"
 
 
-def source_checkpoints(source: LanguageModelSource, model: LMConfig, train_tokens: torch.Tensor, directory: Path,
-                       train: bool = False, progress: bool = True, keep_states: bool = False,
-                       device: str | torch.device = "cpu") -> LocalCheckpoints | PythiaCheckpoints:
-    """Pythia's published revisions (``train=False`` with a Pythia source), or a model
-    ``model`` trained (or resumed) in :func:`model_directory` on ``train_tokens``."""
-    if isinstance(source, PythiaSource) and not train:
-        return PythiaCheckpoints(source.repo, source.steps, source.cache_dir, device=device)
+def trained_checkpoints(model: LMConfig, train_tokens: torch.Tensor, directory: Path, progress: bool = True,
+                        keep_states: bool = False, device: str | torch.device = "cpu") -> LocalCheckpoints:
+    """A model ``model`` trained (or resumed) in :func:`model_directory` on ``train_tokens``."""
     run = model_directory(directory, model)
     if not (run / "complete").exists():
         train_language_model(model, train_tokens, run, progress=progress, keep_states=keep_states, device=device)

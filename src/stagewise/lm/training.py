@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from stagewise._files import written_atomically
-from stagewise.progress import progress as progress_bar
+from stagewise._progress import progress_bar
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 LR_SCHEDULES = ("cosine", "constant")
@@ -301,8 +301,7 @@ class _ChunkedHeadLosses(torch.autograd.Function):
         losses = []
         for start in range(0, hidden.shape[0], rows):
             logits = torch.nn.functional.linear(hidden[start: start + rows], weight, bias)
-            losses.append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets[start: start + rows],
-                                                            reduction="none"))
+            losses.append(_next_token_losses(logits, targets[start: start + rows]))
         return torch.cat(losses)
 
     @staticmethod
@@ -330,10 +329,15 @@ class _ChunkedHeadLosses(torch.autograd.Function):
         return grad_weight, grad_bias, grad_hidden, None, None
 
 
+def _next_token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``logits`` ``(rows, L − 1, vocabulary)`` against ``targets`` ``(rows, L − 1)``."""
+    # classes on dimension 1, as cross_entropy takes them: a view, where a reshape would copy
+    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+
+
 def _token_losses(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     logits = model(input_ids=input_ids).logits[:, :-1]  # (rows, L − 1, vocabulary), a view
-    # classes on dimension 1, as cross_entropy takes them: a view too, where a reshape would copy
-    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
+    return _next_token_losses(logits, input_ids[:, 1:])
 
 
 def sequences(stream: torch.Tensor, count: int, length: int, seed: int = 0) -> torch.Tensor:

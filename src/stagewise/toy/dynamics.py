@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stagewise.stages import first_crossing
 from stagewise.toy.data import Hierarchy
 
 
@@ -106,11 +107,9 @@ def fit_initial_strengths(epochs: np.ndarray, strengths: np.ndarray, basis: Mode
     u0 = np.empty(basis.rank)
     for k, s in enumerate(basis.s):
         trace = strengths[:, k]
-        above = np.flatnonzero(trace >= s / 2)
-        if len(above) == 0 or above[0] == 0:
+        t_half = first_crossing(epochs, trace, s / 2)
+        if np.isnan(t_half) or trace[0] >= s / 2:
             raise ValueError(f"mode {k} (s = {s:.3f}) never crosses s/2 after the start; train longer")
-        j = above[0]
-        t_half = np.interp(s / 2, trace[j - 1 : j + 1], epochs[j - 1 : j + 1])
         u0[k] = s / (np.exp(2.0 * s * t_half / tau) + 1.0)
     return u0
 

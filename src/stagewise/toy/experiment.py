@@ -8,10 +8,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-from stagewise.progress import progress as progress_bar
+from stagewise._progress import progress_bar
 
 from stagewise.diagnostics import DIVERGED
-from stagewise.influence import BIFTrajectory, Calibration, bif_trajectory, calibrate, trajectory_from_draws
+from stagewise.influence import (
+    BIFTrajectory, Calibration, LLCTrajectory, bif_trajectory, calibrate, llc_trajectory, trajectory_from_draws,
+)
 from stagewise.sampling import LossDraws, SamplerDivergence, SGLDConfig, sample_losses
 
 from stagewise.toy.data import Hierarchy, hierarchy
@@ -103,6 +105,14 @@ class ToyExperiment:
         step (twice the draws), with the change in ``step_change``."""
         model, data, checkpoints, indices = self._sampling_inputs(stride)
         return bif_trajectory(model, item_loss, data, checkpoints, config, device=device,
+                              checkpoint_indices=indices, progress=progress, step_check=step_check)
+
+    def llc_trajectory(self, config: SGLDConfig, stride: int = 1, progress: bool = True,
+                       device: torch.device | str | None = None, step_check: bool = False) -> LLCTrajectory:
+        """The LLC at every ``stride``-th checkpoint (:func:`stagewise.influence.llc_trajectory`),
+        from the same streams as :meth:`bif_trajectory`."""
+        model, data, checkpoints, indices = self._sampling_inputs(stride)
+        return llc_trajectory(model, item_loss, data, checkpoints, config, device=device,
                               checkpoint_indices=indices, progress=progress, step_check=step_check)
 
     def calibrate(self, stride: int, *, nbeta: float, gamma: float, progress: bool = True,

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from stagewise.progress import progress as progress_bar
+from stagewise._progress import progress_bar
+from stagewise.classical import squared_error
 
 from stagewise.toy.data import Hierarchy
 
@@ -97,7 +98,7 @@ def item_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tor
     """Per-sample loss ``½‖y_i − f(x_i)‖²`` of a batch ``(x, y)``, shape ``(m,)``: the negative
     log-likelihood of a unit-variance Gaussian model, up to a constant."""
     x, y = batch
-    return 0.5 * ((model(x) - y) ** 2).sum(-1)
+    return squared_error(model(x), y)
 
 
 @dataclass
@@ -186,7 +187,7 @@ def train_linear_network(
         output = W2 @ hidden
         residual = output - targets  # (R, O, N)
         if epoch in slot:
-            losses[:, slot[epoch]] = 0.5 * ((output - Y.T) ** 2).sum(1)
+            losses[:, slot[epoch]] = squared_error(output, Y.T, dim=1)
             if record_weights:
                 saved1[:, slot[epoch]] = W1
                 saved2[:, slot[epoch]] = W2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.manifold import MDS
 
+from stagewise.stages import first_crossing
 from stagewise.toy.data import Hierarchy, Split
 
 
@@ -26,10 +27,7 @@ def separation_epoch(hidden: np.ndarray, epochs: np.ndarray, hierarchy: Hierarch
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
     separation = split_separation(hidden, hierarchy, split)
-    j = int(np.argmax(separation >= fraction))
-    if j == 0:
-        return float(epochs[0])
-    return float(np.interp(fraction, separation[j - 1 : j + 1], epochs[j - 1 : j + 1]))
+    return first_crossing(epochs, separation, fraction)
 
 
 def mds_trajectories(hidden: np.ndarray, n_components: int = 2, seed: int = 0) -> np.ndarray:

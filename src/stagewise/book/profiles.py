@@ -10,7 +10,7 @@ with the environment variable ``STAGEWISE_PROFILE``:
 ``paper``
     the paper's sizes, meant for a GPU.
 
->>> from stagewise import get_profile
+>>> from stagewise.book.profiles import get_profile
 >>> get_profile("fast").name
 'fast'
 """
@@ -19,6 +19,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+
+from stagewise.lm.experiment import PAPER_TABLE_2, TokenInfluenceConfig
+from stagewise.lm.intervention import BoostScan
+from stagewise.lm.training import LMConfig
+from stagewise.sampling import SGLDConfig
 
 PROFILE_ENV = "STAGEWISE_PROFILE"
 SEED_ENV = "STAGEWISE_SEED"
@@ -84,43 +89,27 @@ class ToySizes:
     """Half-subsets retrained for the linear datamodeling score (all 70 when at least 70)."""
     lds_null_samples: int = 200
     """Random attributions drawn for the LDS's null band."""
+    posterior_nbeta: float = 3000.0
+    """nβ of the chapters' local posterior (under the ½Σ reading of the loss)."""
+    posterior_gamma: float = 5000.0
+    """γ of the chapters' local posterior.  With nβ it chooses what is sampled;
+    :func:`stagewise.book.toy.calibration` chooses how finely (the step size)."""
 
 
 @dataclass(frozen=True)
 class LanguageModelSizes:
-    """Chapter 5: per-token influence in a language model."""
+    """Chapter 5 (and Chapter 6's run): the study, and what the chapter reads off it."""
 
-    vocab_size: int
-    hidden: int
-    layers: int
-    intermediate: int
-    context: int
-    steps: int
-    batch_size: int
-    checkpoint_interval: int
-    observable_sequences: int
-    sequence_length: int
-    sampling_batch: int
-    chains: int
-    draws: int
+    study: TokenInfluenceConfig
+    """The model trained here, its sampler (posterior, step, chains, draws, minibatch, burn-in,
+    thinning) and the observable sequences: the domain's own configuration, passed as it is."""
     analysed_steps: tuple[int, ...]
     """Checkpoints at which the BIF is estimated."""
     asserts_claims: bool
     """Whether the run is large enough for Chapter 5 to assert the paper's claims; the fast
     profile's model is too small and too briefly trained, and only exercises the code."""
-    heads: int = 4
-    learning_rate: float = 1e-3
-    lr_schedule: str = "cosine"
-    repeated_fraction: float = 0.0
-    """Share of each training batch that is repeated random tokens (0: natural text only)."""
     null_samples: int = 200
     """Draws of every null of Chapter 5's token study (KNN label permutations, random groups)."""
-    burn_in: int | None = None
-    """SGLD steps taken from the checkpoint before the first recorded draw (cheap: no observable is
-    evaluated), after which the recorded traces are still searched for what remains of the
-    warm-up (:func:`stagewise.lm.stationary_draws`); ``None``: every step is recorded."""
-    thin: int = 1
-    """SGLD steps per recorded draw (evaluating the observables costs several steps)."""
 
 
 @dataclass(frozen=True)
@@ -133,19 +122,9 @@ class InductionSizes:
     probe_sequences: int
     probe_half: int
     """The probe: ``probe_sequences`` random sequences of ``probe_half`` tokens, each repeated once."""
-    boost_starts: tuple[int, ...]
-    """The intervention scan: first step of each boost window (before and through formation)."""
-    boost_length: int
-    """Steps in every boost window."""
-    boosted_fraction: float
-    """Share of repeated sequences in a batch inside a boost window (a mild dose: the baseline's
-    share plus a little)."""
-    boost_stop: int
-    """Last step trained by every arm of the scan (after every window and the measured event)."""
-    boost_checkpoint_interval: int
-    """Checkpoints of the scan's arms every this many steps."""
-    seeds: tuple[int, ...]
-    """Data seeds of the scan: each runs the control and every boosted arm."""
+    scan: BoostScan
+    """The intervention scan: boost windows before and through formation, each a mild dose (the
+    baseline's share of repeated sequences plus a little), on every data seed."""
     event_level: float
     """The measured event: the best head's score reaches this fraction of the baseline's final one."""
     mix_sampling_steps: tuple[int, ...]
@@ -157,13 +136,10 @@ class InductionSizes:
 class PythiaSizes:
     """Chapter 5 with the ``pythia-14m`` source: SGLD around Pythia-14m's published revisions."""
 
+    study: TokenInfluenceConfig
+    """The sampler and the observables (the model is the hub's: :func:`stagewise.book.lm.study_sizes`)."""
     analysed_steps: tuple[int, ...]
     """Hub revisions ``step<N>`` at which the BIF is estimated."""
-    observable_sequences: int
-    sequence_length: int
-    sampling_batch: int
-    chains: int
-    draws: int
     documents: int
     """Pile documents read (the first ones of the stream), split into training and held-out text."""
     asserts_claims: bool
@@ -196,14 +172,19 @@ class Profile:
                              f"profile); valid sources are: {', '.join(LM_SOURCES)}")
 
 
+LOCAL_SAMPLER = replace(PAPER_TABLE_2.sgld, epsilon=1e-5)
+"""The sampler of Chapters 5 and 6 on the models trained here: Table 2's posterior (nβ = 256,
+γ = 1000) at ε = 1e-5, ten times Pythia's step, for these small models; chains, draws and
+minibatch are set per profile."""
+
 PAPER_PYTHIA = PythiaSizes(
+    study=PAPER_TABLE_2,
     # log-spaced through the early revisions, dense around the induction bump (≈1k–60k steps)
     analysed_steps=(0, 64, 256, 512, 1000, 2000, 4000, 8000, 16_000, 24_000, 30_000, 36_000, 50_000, 70_000,
                     100_000, 143_000),
-    observable_sequences=600, sequence_length=55, sampling_batch=64, chains=4, draws=200,
     documents=2000, asserts_claims=True,
 )
-"""Paper Table 2: 600 sequences × 55 tokens, minibatches of 64, 4 chains × 200 draws."""
+"""The paper's Pythia-14m study: Table 2's sampler and observables at its revisions."""
 
 
 PROFILES: dict[str, Profile] = {
@@ -221,24 +202,34 @@ PROFILES: dict[str, Profile] = {
             lds_subsets=70, lds_null_samples=50,
         ),
         lm=LanguageModelSizes(
-            vocab_size=512, hidden=64, layers=2, intermediate=256, context=64, steps=300, batch_size=8,
-            checkpoint_interval=100, observable_sequences=40, sequence_length=33, sampling_batch=8,
-            chains=2, draws=20, analysed_steps=(0, 16, 64, 128, 200, 300), asserts_claims=False,
-            null_samples=20,
+            study=TokenInfluenceConfig(
+                model=LMConfig(vocab_size=512, hidden=64, layers=2, intermediate=256, context=64, steps=300,
+                               batch_size=8, checkpoint_interval=100),
+                sgld=replace(LOCAL_SAMPLER, chains=2, draws=20, batch_size=8),
+                observable_sequences=40, sequence_length=33,
+            ),
+            analysed_steps=(0, 16, 64, 128, 200, 300), asserts_claims=False, null_samples=20,
         ),
         induction=InductionSizes(
             model=LanguageModelSizes(
-                vocab_size=512, hidden=64, layers=2, intermediate=256, context=32, steps=200, batch_size=8,
-                checkpoint_interval=25, observable_sequences=16, sequence_length=33, sampling_batch=8,
-                chains=2, draws=10, analysed_steps=(), asserts_claims=False, lr_schedule="constant",
-                repeated_fraction=0.75,
+                study=TokenInfluenceConfig(
+                    model=LMConfig(vocab_size=512, hidden=64, layers=2, intermediate=256, context=32,
+                                   steps=200, batch_size=8, checkpoint_interval=25, lr_schedule="constant",
+                                   repeated_fraction=0.75),
+                    sgld=replace(LOCAL_SAMPLER, chains=2, draws=10, batch_size=8),
+                    observable_sequences=16, sequence_length=33, sampling_sequences=1024,
+                ),
+                analysed_steps=(), asserts_claims=False,
             ),
-            probe_sequences=16, probe_half=8, boost_starts=(50, 100), boost_length=25, boosted_fraction=0.875,
-            boost_stop=175, boost_checkpoint_interval=25, seeds=(1, 2), event_level=0.8, mix_sampling_steps=(100, 200),
+            probe_sequences=16, probe_half=8,
+            scan=BoostScan(starts=(50, 100), length=25, boosted_fraction=0.875, seeds=(1, 2), stop=175,
+                           checkpoint_interval=25),
+            event_level=0.8, mix_sampling_steps=(100, 200),
         ),
         pythia=PythiaSizes(
-            analysed_steps=(0, 512, 1000), observable_sequences=12, sequence_length=33, sampling_batch=8,
-            chains=2, draws=4, documents=200, asserts_claims=False,
+            study=replace(PAPER_TABLE_2, observable_sequences=12, sequence_length=33,
+                          sgld=replace(PAPER_TABLE_2.sgld, chains=2, draws=4, batch_size=8)),
+            analysed_steps=(0, 512, 1000), documents=200, asserts_claims=False,
         ),
     ),
     "default": Profile(
@@ -255,25 +246,34 @@ PROFILES: dict[str, Profile] = {
             calibration_stride=40, calibration_chains=16, bif_seeds=3, lds_subsets=70,
         ),
         lm=LanguageModelSizes(
-            vocab_size=2048, hidden=128, layers=6, intermediate=512, context=64, steps=3000, batch_size=16,
-            checkpoint_interval=500, observable_sequences=100, sequence_length=55, sampling_batch=16,
             # 4 chains: 40 unrecorded steps from the checkpoint, then 40 draws one every 4 steps, at 5
             # checkpoints; evaluating the 100 observables costs about 4.5 steps, and recording every step
             # left R-hat at 1.84 at step 1000 (1.22 thinned, for a third more time; see Chapter 5)
-            chains=4, draws=40, burn_in=40, thin=4, analysed_steps=(0, 64, 256, 1000, 3000), asserts_claims=True,
+            study=TokenInfluenceConfig(
+                model=LMConfig(vocab_size=2048, hidden=128, layers=6, intermediate=512, context=64,
+                               steps=3000, batch_size=16, checkpoint_interval=500),
+                sgld=replace(LOCAL_SAMPLER, chains=4, draws=40, batch_size=16, burn_in=40, thin=4),
+                observable_sequences=100, sequence_length=55,
+            ),
+            analysed_steps=(0, 64, 256, 1000, 3000), asserts_claims=True,
         ),
         induction=InductionSizes(
             model=LanguageModelSizes(
-                vocab_size=2048, hidden=128, layers=2, intermediate=512, context=64, steps=2800, batch_size=16,
-                checkpoint_interval=100, observable_sequences=64, sequence_length=55, sampling_batch=16,
-                chains=4, draws=40, analysed_steps=(0, 200, 400, 600, 800, 1200, 1600, 2000, 2100, 2200, 2300, 2400,
-                                                  2500, 2600, 2800),
-                asserts_claims=True, lr_schedule="constant",
-                repeated_fraction=0.75,
+                study=TokenInfluenceConfig(
+                    model=LMConfig(vocab_size=2048, hidden=128, layers=2, intermediate=512, context=64,
+                                   steps=2800, batch_size=16, checkpoint_interval=100, lr_schedule="constant",
+                                   repeated_fraction=0.75),
+                    sgld=replace(LOCAL_SAMPLER, chains=4, draws=40, batch_size=16),
+                    observable_sequences=64, sequence_length=55, sampling_sequences=1024,
+                ),
+                analysed_steps=(0, 200, 400, 600, 800, 1200, 1600, 2000, 2100, 2200, 2300, 2400, 2500, 2600,
+                                2800),
+                asserts_claims=True,
             ),
-            probe_sequences=64, probe_half=16, boost_starts=(1500, 2100), boost_length=200,
-            boosted_fraction=0.875, boost_stop=2700, boost_checkpoint_interval=50, seeds=(1, 2, 3), event_level=0.8,
-            mix_sampling_steps=(2000, 2400, 2800),
+            probe_sequences=64, probe_half=16,
+            scan=BoostScan(starts=(1500, 2100), length=200, boosted_fraction=0.875, seeds=(1, 2, 3), stop=2700,
+                           checkpoint_interval=50),
+            event_level=0.8, mix_sampling_steps=(2000, 2400, 2800),
         ),
         pythia=PAPER_PYTHIA,
     ),
@@ -292,19 +292,27 @@ PROFILES: dict[str, Profile] = {
             calibration_stride=80, calibration_chains=32, bif_seeds=5, lds_subsets=70,
         ),
         lm=LanguageModelSizes(
-            vocab_size=4096, hidden=128, layers=6, intermediate=512, context=256, steps=20_000, batch_size=32,
-            checkpoint_interval=1000, observable_sequences=600, sequence_length=55, sampling_batch=64,
-            chains=4, draws=200, analysed_steps=(0, 64, 256, 512, 1000, 2000, 5000, 10_000, 20_000),
-            asserts_claims=True,
+            study=TokenInfluenceConfig(
+                model=LMConfig(vocab_size=4096, hidden=128, layers=6, intermediate=512, context=256,
+                               steps=20_000, batch_size=32, checkpoint_interval=1000),
+                sgld=replace(LOCAL_SAMPLER, chains=4, draws=200, batch_size=64),
+                observable_sequences=600, sequence_length=55,
+            ),
+            analysed_steps=(0, 64, 256, 512, 1000, 2000, 5000, 10_000, 20_000), asserts_claims=True,
         ),
         induction=InductionSizes(
             model=LanguageModelSizes(
-                vocab_size=4096, hidden=128, layers=6, intermediate=512, context=256, steps=20_000, batch_size=32,
-                checkpoint_interval=100, observable_sequences=600, sequence_length=55, sampling_batch=64,
-                chains=4, draws=200, analysed_steps=(), asserts_claims=True,
+                study=TokenInfluenceConfig(
+                    model=LMConfig(vocab_size=4096, hidden=128, layers=6, intermediate=512, context=256,
+                                   steps=20_000, batch_size=32, checkpoint_interval=100),
+                    sgld=replace(LOCAL_SAMPLER, chains=4, draws=200, batch_size=64),
+                    observable_sequences=600, sequence_length=55, sampling_sequences=1024,
+                ),
+                analysed_steps=(), asserts_claims=True,
             ),
-            probe_sequences=64, probe_half=32, boost_starts=(600, 800, 1000, 1200, 1400), boost_length=200,
-            boosted_fraction=0.25, boost_stop=20_000, boost_checkpoint_interval=100, seeds=(1, 2, 3, 4, 5),
+            probe_sequences=64, probe_half=32,
+            scan=BoostScan(starts=(600, 800, 1000, 1200, 1400), length=200, boosted_fraction=0.25,
+                           seeds=(1, 2, 3, 4, 5), stop=20_000, checkpoint_interval=100),
             event_level=0.8, mix_sampling_steps=(),
         ),
         pythia=PAPER_PYTHIA,

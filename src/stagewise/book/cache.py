@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 from stagewise._files import exclusive_lock, written_atomically
 
 CACHE_ENV = "STAGEWISE_CACHE"
-PACKAGE = Path(__file__).parent
+PACKAGE = Path(__file__).resolve().parents[1]
 MAGIC = b"stagewise-cache-1\n"
 T = TypeVar("T")
 

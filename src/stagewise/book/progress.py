@@ -1,6 +1,7 @@
 """Progress bars that reach the person waiting, even from inside a book build.
 
-A chapter executed by ``jupyter-book build`` runs in a Jupyter kernel whose stderr never
+The domain's loops draw their bars through :func:`stagewise._progress.progress_bar`; importing
+:mod:`stagewise.book` installs :func:`progress` as its factory.  A chapter executed by ``jupyter-book build`` runs in a Jupyter kernel whose stderr never
 reaches the console, so a plain ``tqdm`` bar is invisible there (and would clutter the rendered
 page).  :func:`progress` returns a ``tqdm`` bar whose destination is chosen by the environment
 variable ``STAGEWISE_PROGRESS``:
@@ -11,7 +12,7 @@ variable ``STAGEWISE_PROGRESS``:
 
 :func:`announce` writes one line to the same place, for messages such as "chapter started".
 
->>> from stagewise.progress import progress
+>>> from stagewise.book.progress import progress
 >>> sum(progress(range(3), disable=True))
 3
 """

@@ -10,7 +10,7 @@ in a fresh Jupyter kernel, cell by cell with a progress bar, and writes to ``DIR
 The profile and device reach the chapter through the environment variables
 ``STAGEWISE_PROFILE`` and ``STAGEWISE_DEVICE``; the library's own progress bars (training,
 sampling) are shown on this console through ``STAGEWISE_PROGRESS`` (see
-:mod:`stagewise.progress`).
+:mod:`stagewise.book.progress`).
 
 Measured chapter times never go into the source tree: ``run`` records its time in
 ``DIR/chapter_times.json`` (or where ``$STAGEWISE_TIMES`` points), the book build
@@ -45,9 +45,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stagewise._files import written_atomically
-from stagewise.profiles import PROFILE_ENV, PROFILES
+from stagewise.book import DEVICE_ENV, valid_devices
+from stagewise.book.profiles import PROFILE_ENV, PROFILES
 
-ROOT = Path(__file__).resolve().parents[2]
+
+
+def book_root() -> Path:
+    """The checkout whose book the commands build: the working directory or the nearest of its
+    parents holding ``_toc.yml``; else the checkout this package is installed from (editable)."""
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "_toc.yml").is_file():
+            return folder
+    return Path(__file__).resolve().parents[3]
+
+
+ROOT = book_root()
 BOOK = ROOT / "book"
 TOC = ROOT / "_toc.yml"
 REFERENCE_TIMES = Path(__file__).with_name("chapter_times.json")
@@ -56,7 +69,6 @@ MEASURED_TIMES = ROOT / "_build" / "chapter_times.json"
 """Where the book build records what it measured in this checkout (``make book`` points
 ``$STAGEWISE_TIMES`` here)."""
 TIMES_ENV = "STAGEWISE_TIMES"
-DEVICE_ENV = "STAGEWISE_DEVICE"
 
 
 @dataclass(frozen=True)
@@ -93,16 +105,6 @@ def chapters(book: Path = BOOK, toc: Path = TOC, every_part: bool = False) -> li
         title = next((line[2:].strip() for line in text.splitlines() if line.startswith("# ")), name)
         found.append(Chapter(len(found) + 1, name, title, path))
     return found
-
-
-def valid_devices() -> list[str]:
-    """``cpu``, plus ``cuda`` and ``cuda:N`` for each GPU that torch can use."""
-    import torch
-
-    devices = ["cpu"]
-    if torch.cuda.is_available():
-        devices += ["cuda"] + [f"cuda:{index}" for index in range(torch.cuda.device_count())]
-    return devices
 
 
 def load_times(path: Path = REFERENCE_TIMES) -> dict[str, dict[str, dict]]:
@@ -243,7 +245,7 @@ def command_run(chapter: Chapter, profile: str, device: str, out: Path, times: P
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    from stagewise.progress import PROGRESS_ENV, progress
+    from stagewise.book.progress import PROGRESS_ENV, progress
 
     out.mkdir(parents=True, exist_ok=True)
     times = times or out / "chapter_times.json"
@@ -364,7 +366,7 @@ def command_build(profile: str, device: str, jobs: int, out: Path = ROOT, pages:
     ``out/_build/run/PROFILE``, then build the book from them into ``out/_build/html`` (see the
     module's docstring).  Returns the exit status: 0, or 1 when a page failed (the others are
     stopped, none is started after it) or the build did."""
-    from stagewise.progress import announce
+    from stagewise.book.progress import announce
 
     pages = chapters(every_part=True) if pages is None else pages
     known = load_times().get(profile, {})
@@ -446,6 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--jobs", type=int, default=None,
                        help="pages executed at once (default: one per CPU core on the CPU, one on a GPU)")
     args = parser.parse_args(argv)
+    if args.command != "list" and not TOC.is_file():
+        print(f"stagewise: no _toc.yml in {Path.cwd()} or its parents: run the command from the book's "
+              f"checkout", file=sys.stderr)
+        return 2
 
     if args.command == "list":
         if args.update_reference:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from stagewise.influence import pearson
 from stagewise.toy.data import Hierarchy
 from stagewise.toy.network import TrainingConfig, train_linear_network
 
@@ -106,11 +107,7 @@ def subset_losses(hierarchy: Hierarchy, config: TrainingConfig, record_epochs: n
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spearman correlation along axis 1 of ``(T, S, ...)`` arrays, NaN where either is constant."""
-    a, b = rankdata(a, axis=1), rankdata(b, axis=1)
-    a -= a.mean(axis=1, keepdims=True)
-    b -= b.mean(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    return pearson(rankdata(a, axis=1), rankdata(b, axis=1), axis=1)
 
 
 def linear_datamodeling_score(attribution: np.ndarray, subsets: np.ndarray, losses: np.ndarray,

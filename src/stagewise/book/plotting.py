@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -60,4 +61,38 @@ def plot_chain_traces(runs: Mapping[int, Any], columns: int = 4) -> Figure:
         ax.set_ylabel("loss (nats/token)")
     for ax in axes.flat[len(runs):]:
         ax.axis("off")
+    return fig
+
+
+def draw_tokens(strings: Sequence[str], member: np.ndarray, classes: Sequence[str],
+                line_width: int = 96) -> Figure:
+    """Draw a token sequence as boxes laid out in lines of ``line_width`` characters (monospace
+    units): ``strings`` the tokens' texts, ``member`` a (tokens, classes) boolean array of their
+    classes (named by ``classes``). Each box is outlined in the colour of its token's first class
+    and filled with that of its second, if any; dotted when it has none. Spaces are shown as ␣,
+    newlines as ↵ and tabs as →."""
+    boxes, x, y = [], 0.0, 0
+    for text, in_class in zip(strings, member):
+        label = text.replace(" ", "␣").replace("\n", "↵").replace("\t", "→") or "∅"
+        width = len(label) + 0.8
+        if x + width > line_width:
+            x, y = 0.0, y + 1
+        boxes.append((x, y, width, label, np.flatnonzero(in_class)))
+        x += width + 0.4
+    fig, ax = plt.subplots(figsize=(12.5, 0.42 * (y + 2) + 0.6))
+    for x, y, width, label, colours in boxes:
+        filled = len(colours) > 1
+        ax.add_patch(plt.Rectangle(
+            (x, -y - 0.8), width, 0.7, fill=filled, linewidth=1.6 if len(colours) else 0.8,
+            facecolor=(*mpl.colors.to_rgb(PALETTE[colours[1]]), 0.25) if filled else "none",
+            edgecolor=PALETTE[colours[0]] if len(colours) else "0.6",
+            linestyle="-" if len(colours) else ":"))
+        ax.text(x + width / 2, -y - 0.45, label, ha="center", va="center", family="monospace",
+                fontsize=7.5)
+    ax.set(xlim=(-0.5, line_width + 0.5), ylim=(-y - 1.0, 0.1))
+    ax.axis("off")
+    handles = [plt.Rectangle((0, 0), 1, 1, fill=False, edgecolor=PALETTE[c], linewidth=1.6)
+               for c in range(len(classes))]
+    ax.legend(handles, classes, ncol=len(classes), loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              fontsize=8, frameon=False)
     return fig

@@ -1,0 +1,51 @@
+"""The chapter pages read without horizontal scrolling: no line of a code cell is longer than
+100 characters (the page's code block shows about that many)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+BOOK = pathlib.Path(__file__).resolve().parents[1] / "book"
+LIMIT = 100
+# Chapters whose code cells are not reflowed yet (issue 23, item 5); strict, so a chapter that
+# comes under the limit must be taken off this list.
+NOT_YET_REFLOWED = {"induction_heads", "judging_estimates", "language_models", "reproducibility",
+                    "theory", "three_estimates", "toy_dynamics"}
+
+
+def code_cell_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of every line inside a ```{code-cell} block of a MyST page."""
+    found, inside = [], False
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not inside and line.startswith("```{code-cell}"):
+            inside = True
+        elif inside and line.startswith("```"):
+            inside = False
+        elif inside:
+            found.append((number, line))
+    return found
+
+
+def long_lines(page: pathlib.Path) -> list[str]:
+    return [f"{page.name}:{n}: {len(line)} characters"
+            for n, line in code_cell_lines(page.read_text()) if len(line) > LIMIT]
+
+
+def test_code_cell_lines_are_found():
+    text = "prose " + "x" * 200 + "\n```{code-cell} ipython3\n" + "y" * 101 + "\nz = 1\n```\n"
+    assert code_cell_lines(text) == [(3, "y" * 101), (4, "z = 1")]
+    page = BOOK.parent / "tests" / "_long_line_page.md"
+    try:
+        page.write_text(text)
+        assert long_lines(page) == ["_long_line_page.md:3: 101 characters"]
+    finally:
+        page.unlink()
+
+
+@pytest.mark.parametrize("page", sorted(BOOK.glob("*.md")), ids=lambda p: p.stem)
+def test_code_lines_fit_the_page(page, request):
+    if page.stem in NOT_YET_REFLOWED:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="code cells not reflowed yet"))
+    assert not long_lines(page), "\n".join(long_lines(page))
