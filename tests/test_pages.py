@@ -33,15 +33,12 @@ def long_lines(page: pathlib.Path) -> list[str]:
             for n, line in code_cell_lines(page.read_text()) if len(line) > LIMIT]
 
 
-def test_code_cell_lines_are_found():
+def test_code_cell_lines_are_found(tmp_path):
     text = "prose " + "x" * 200 + "\n```{code-cell} ipython3\n" + "y" * 101 + "\nz = 1\n```\n"
     assert code_cell_lines(text) == [(3, "y" * 101), (4, "z = 1")]
-    page = BOOK.parent / "tests" / "_long_line_page.md"
-    try:
-        page.write_text(text)
-        assert long_lines(page) == ["_long_line_page.md:3: 101 characters"]
-    finally:
-        page.unlink()
+    page = tmp_path / "long_line_page.md"
+    page.write_text(text)
+    assert long_lines(page) == ["long_line_page.md:3: 101 characters"]
 
 
 @pytest.mark.parametrize("page", sorted(BOOK.glob("*.md")), ids=lambda p: p.stem)
