@@ -15,12 +15,21 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import GPTNeoXForCausalLM
-from transformers.utils import logging as transformers_logging
+from typing import TYPE_CHECKING
 
-transformers_logging.disable_progress_bar()  # one bar per checkpoint load is noise in a book
+if TYPE_CHECKING:   # transformers loads in seconds: only when a checkpoint is loaded
+    from transformers import GPTNeoXForCausalLM
+
 
 PYTHIA_STEPS: tuple[int, ...] = (0, *(2**k for k in range(10)), *range(1000, 143_001, 1000))
+
+
+def _model_class() -> type[GPTNeoXForCausalLM]:
+    from transformers import GPTNeoXForCausalLM
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # one bar per checkpoint load is noise in a book
+    return GPTNeoXForCausalLM
 
 
 def _float32_on(model: GPTNeoXForCausalLM, device: str | torch.device) -> GPTNeoXForCausalLM:
@@ -47,7 +56,7 @@ class LocalCheckpoints:
         """The model at ``step``, float32, on :attr:`device`."""
         if step not in self.steps:
             raise KeyError(f"no checkpoint at step {step}; available: {self.steps}")
-        model = GPTNeoXForCausalLM.from_pretrained(self.directory / f"step{step}", dtype=torch.float32,
+        model = _model_class().from_pretrained(self.directory / f"step{step}", dtype=torch.float32,
                                                    attn_implementation="eager")
         return _float32_on(model, self.device)
 
@@ -78,6 +87,6 @@ class PythiaCheckpoints:
         """The revision ``step{step}``, converted to float32, on :attr:`device`."""
         if step not in self.steps:
             raise KeyError(f"{self.repo} has no revision step{step} among {self.steps}")
-        model = GPTNeoXForCausalLM.from_pretrained(self.repo, revision=f"step{step}", cache_dir=self.cache_dir,
+        model = _model_class().from_pretrained(self.repo, revision=f"step{step}", cache_dir=self.cache_dir,
                                                    dtype=torch.float32, attn_implementation="eager")
         return _float32_on(model, self.device)

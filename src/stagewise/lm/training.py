@@ -19,7 +19,10 @@ import numpy as np
 import torch
 from stagewise._files import written_atomically
 from stagewise._progress import progress_bar
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:   # transformers loads in seconds: only when a model is built
+    from transformers import GPTNeoXConfig
 
 LR_SCHEDULES = ("cosine", "constant")
 
@@ -93,6 +96,8 @@ class LMConfig:
 
 def pythia_architecture(config: LMConfig) -> GPTNeoXConfig:
     """GPT-NeoX configuration with Pythia's design choices and the sizes of ``config``."""
+    from transformers import GPTNeoXConfig
+
     return GPTNeoXConfig(
         vocab_size=config.vocab_size,
         hidden_size=config.hidden,
@@ -166,6 +171,8 @@ def train_language_model(config: LMConfig, stream: torch.Tensor, directory: str 
     if len(stream) <= config.context + 1:
         raise ValueError(f"the token stream ({len(stream)} tokens) is shorter than one context window")
     torch.manual_seed(config.seed)
+    from transformers import GPTNeoXForCausalLM
+
     model = GPTNeoXForCausalLM(pythia_architecture(config)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.95),
                                   weight_decay=config.weight_decay)
