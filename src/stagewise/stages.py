@@ -36,7 +36,7 @@ def first_crossing(steps: np.ndarray, values: np.ndarray, level: float) -> float
         return float("nan")
     if above[0] == 0:
         return float(steps[0])
-    return float(_interpolated(steps, values, int(above[0]), level))
+    return _interpolated(steps, values, int(above[0]), level)
 
 
 def _interpolated(steps: np.ndarray, values: np.ndarray, k: int, level: float) -> float:

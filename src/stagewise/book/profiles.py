@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 from stagewise.lm.experiment import PAPER_TABLE_2, TokenInfluenceConfig
 from stagewise.lm.intervention import BoostScan
 from stagewise.lm.training import LMConfig
-from stagewise.sampling import SGLDConfig
 
 PROFILE_ENV = "STAGEWISE_PROFILE"
 SEED_ENV = "STAGEWISE_SEED"
