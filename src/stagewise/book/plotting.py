@@ -96,3 +96,53 @@ def draw_tokens(strings: Sequence[str], member: np.ndarray, classes: Sequence[st
     ax.legend(handles, classes, ncol=len(classes), loc="lower center", bbox_to_anchor=(0.5, 1.0),
               fontsize=8, frameon=False)
     return fig
+
+
+def influence_panels(epochs: np.ndarray, traces: Sequence[np.ndarray], names: Sequence[str],
+                     source: int, titles: Sequence[str], ylabels: Sequence[str],
+                     errors: Sequence[np.ndarray | None] | None = None, height: float = 3.6) -> Figure:
+    """One panel per estimate of one source's influence on every other item over training.
+
+    ``traces``: per panel a (checkpoint, query) array (any unit: a BIF, a derivative, a loss
+    difference), ``epochs`` its (checkpoint,) x-axis, ``names`` the queries' names (their colours
+    follow :data:`PALETTE`), ``source`` the item whose own column is left out. ``errors``: per panel
+    ``None`` or a (checkpoint, query) array of standard errors, drawn as ±2 s.e. bands."""
+    fig, axes = plt.subplots(1, len(traces), figsize=(12.5, height), squeeze=False)
+    axes = axes[0]
+    errors = errors or [None] * len(traces)
+    for ax, trace, title, ylabel, error in zip(axes, traces, titles, ylabels, errors):
+        for j, name in enumerate(names):
+            if j == source:
+                continue
+            ax.plot(epochs, trace[:, j], color=PALETTE[j], label=name)
+            if error is not None:
+                ax.fill_between(epochs, trace[:, j] - 2 * error[:, j], trace[:, j] + 2 * error[:, j],
+                                color=PALETTE[j], alpha=0.25, linewidth=0)
+        ax.axhline(0, color="0.5", linewidth=0.8)
+        ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", fontsize=8)
+    return fig
+
+
+def influence_grid(epochs: np.ndarray, influence: np.ndarray, names: Sequence[str], ylabel: str,
+                   title: str, columns: int = 4) -> Figure:
+    """One panel per source item: its influence on every other item over training.
+
+    ``influence``: a (checkpoint, source, query) array with sources and queries both the items
+    named by ``names``; ``epochs``: its (checkpoint,) x-axis."""
+    n_items = len(names)
+    rows = -(-n_items // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(12.5, 2.6 * rows), sharex=True, squeeze=False)
+    for p, ax in enumerate(axes.flat[:n_items]):
+        for j in range(n_items):
+            if j != p:
+                ax.plot(epochs, influence[:, p, j], color=PALETTE[j], linewidth=1.2)
+        ax.axhline(0, color="0.5", linewidth=0.8)
+        ax.set_title(f"perturb {names[p]}")
+        ax.set(ylabel=ylabel if p % columns == 0 else "", xlabel="epoch" if p >= n_items - columns else "")
+    for ax in axes.flat[n_items:]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], color=PALETTE[j]) for j in range(n_items)]
+    fig.legend(handles, names, title="query $j$", loc="outside right center", fontsize=8)
+    fig.suptitle(title)
+    return fig
