@@ -9,9 +9,6 @@ import pytest
 
 BOOK = pathlib.Path(__file__).resolve().parents[1] / "book"
 LIMIT = 100
-# Chapters whose code cells are not reflowed yet (issue 23, item 5); strict, so a chapter that
-# comes under the limit must be taken off this list.
-NOT_YET_REFLOWED = {"induction_heads", "judging_estimates", "language_models"}
 
 
 def code_cell_lines(text: str) -> list[tuple[int, str]]:
@@ -41,7 +38,5 @@ def test_code_cell_lines_are_found(tmp_path):
 
 
 @pytest.mark.parametrize("page", sorted(BOOK.glob("*.md")), ids=lambda p: p.stem)
-def test_code_lines_fit_the_page(page, request):
-    if page.stem in NOT_YET_REFLOWED:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="code cells not reflowed yet"))
+def test_code_lines_fit_the_page(page):
     assert not long_lines(page), "\n".join(long_lines(page))
