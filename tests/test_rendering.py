@@ -229,3 +229,46 @@ def test_api_page_lists_every_public_module():
                if not info.name.startswith("_")}
     missing = modules - documented
     assert not missing, f"add these modules to book/api.md: {sorted(missing)}"
+
+
+OVERFLOW_PROBE = """<script>
+window.addEventListener("load", () => setTimeout(() => {
+  const wide = [...document.querySelectorAll("div.cell div.cell_input pre")]
+    .filter(pre => pre.clientWidth > 0 && pre.scrollWidth > pre.clientWidth + 1)
+    .map(pre => pre.textContent.split("\\n").reduce((a, b) => (b.length > a.length ? b : a)));
+  const out = document.createElement("pre");
+  out.id = "stagewise-overflow";
+  out.textContent = JSON.stringify({cells: document.querySelectorAll("div.cell_input pre").length,
+                                    wide: wide});
+  document.body.appendChild(out);
+}, 500));
+</script>"""
+
+
+def test_code_cells_show_whole_lines_at_1280_pixels(built_book, tmp_path):
+    """No code cell of a chapter needs a horizontal scroll bar in a 1280-pixel-wide window (the
+    book's stylesheet, book/_static/stagewise.css, sizes the code for the 100 columns that
+    test_pages allows)."""
+    import html
+    import json
+
+    from stagewise.book.cli import chapters
+
+    shown = 0
+    for chapter in chapters():
+        probe = built_book / f"_overflow_probe_{chapter.name}.html"
+        page = (built_book / f"{chapter.name}.html").read_text(encoding="utf-8")
+        assert "_static/stagewise.css" in page, f"{chapter.name}: the book's stylesheet is not linked"
+        probe.write_text(page.replace("</body>", OVERFLOW_PROBE + "</body>"), encoding="utf-8")
+        dom = subprocess.run(
+            [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2000",
+             "--virtual-time-budget=60000", "--dump-dom", probe.as_uri()],
+            check=True, capture_output=True, text=True, timeout=300,
+        ).stdout
+        probe.unlink()
+        found = re.search(r'<pre id="stagewise-overflow">(.*?)</pre>', dom, flags=re.DOTALL)
+        assert found, f"{chapter.name}: the probe did not run"
+        result = json.loads(html.unescape(found.group(1)))
+        shown += result["cells"]
+        assert not result["wide"], f"{chapter.name}: code cells scroll sideways, e.g. {result['wide'][:2]}"
+    assert shown > 50, f"only {shown} code cells found on the chapter pages"
