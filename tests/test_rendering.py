@@ -231,6 +231,8 @@ def test_api_page_lists_every_public_module():
     assert not missing, f"add these modules to book/api.md: {sorted(missing)}"
 
 
+# Measured after the page has loaded and its scripts have laid it out (the theme's scripts widen
+# the article column).
 OVERFLOW_PROBE = """<script>
 window.addEventListener("load", () => setTimeout(() => {
   const wide = [...document.querySelectorAll("div.cell div.cell_input pre")]
@@ -266,7 +268,7 @@ def test_code_cells_show_whole_lines_at_1280_pixels(built_book, tmp_path):
             check=True, capture_output=True, text=True, timeout=300,
         ).stdout
         probe.unlink()
-        found = re.search(r'<pre id="stagewise-overflow">(.*?)</pre>', dom, flags=re.DOTALL)
+        found = re.search(r'<pre id="stagewise-overflow"[^>]*>(.*?)</pre>', dom, flags=re.DOTALL)
         assert found, f"{chapter.name}: the probe did not run"
         result = json.loads(html.unescape(found.group(1)))
         shown += result["cells"]
