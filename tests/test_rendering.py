@@ -143,14 +143,18 @@ def test_running_the_book_leaves_the_checkout_as_it_was(built_book, request):
     assert git_status() == before, "executing the chapters or building the book changed the source tree"
 
 
-def rendered(page: Path, tmp_path: Path) -> PageText:
-    dom = subprocess.run(
-        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-         "--virtual-time-budget=30000", "--dump-dom", page.as_uri()],
+def page_dom(page: Path, tmp_path: Path, *extra_flags: str, budget_ms: int = 30000) -> str:
+    """The page's DOM after Chromium has run its scripts for ``budget_ms`` of virtual time."""
+    return subprocess.run(
+        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *extra_flags,
+         f"--virtual-time-budget={budget_ms}", "--dump-dom", page.as_uri()],
         check=True, capture_output=True, text=True, timeout=300,
     ).stdout
+
+
+def rendered(page: Path, tmp_path: Path) -> PageText:
     parsed = PageText()
-    parsed.feed(dom)
+    parsed.feed(page_dom(page, tmp_path))
     return parsed
 
 
@@ -262,11 +266,7 @@ def test_code_cells_show_whole_lines_at_1280_pixels(built_book, tmp_path):
         page = (built_book / f"{chapter.name}.html").read_text(encoding="utf-8")
         assert "_static/stagewise.css" in page, f"{chapter.name}: the book's stylesheet is not linked"
         probe.write_text(page.replace("</body>", OVERFLOW_PROBE + "</body>"), encoding="utf-8")
-        dom = subprocess.run(
-            [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2000",
-             "--virtual-time-budget=60000", "--dump-dom", probe.as_uri()],
-            check=True, capture_output=True, text=True, timeout=300,
-        ).stdout
+        dom = page_dom(probe, tmp_path, "--window-size=1280,2000", budget_ms=60000)
         probe.unlink()
         found = re.search(r'<pre id="stagewise-overflow"[^>]*>(.*?)</pre>', dom, flags=re.DOTALL)
         assert found, f"{chapter.name}: the probe did not run"
