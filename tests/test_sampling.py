@@ -113,6 +113,54 @@ def test_one_by_one_evaluation_draws_what_vmap_draws():
     torch.testing.assert_close(runs[0].initial_loss, runs[1].initial_loss)
 
 
+def test_batched_autograd_gives_the_gradients_of_vmap_grad_bit_for_bit():
+    # the driver's gradient (one backward pass through the vmap-ed forward) must be the
+    # per-set gradient of functorch's vmap(grad(...)), exactly, or the draws would change
+    from torch.func import functional_call, grad_and_value, vmap
+
+    from stagewise.sampling import PerSampleLoss, _vmapped_gradient
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
+    x, y = torch.randn(9, 3), torch.randn(9, 2)
+    per_token = lambda m, batch: (m(batch[0]) - batch[1]) ** 2
+    objective = PerSampleLoss(model, per_token)
+    layout = FlatLayout.of(model)
+    rows = layout.flatten(dict(model.named_parameters())).detach() + 0.3 * torch.randn(6, 32)
+
+    def losses(params, batch):
+        return functional_call(objective, {f"model.{k}": v for k, v in params.items()}, (batch,), strict=False)
+
+    def mean_loss(params, batch):
+        per_sample = losses(params, batch)
+        return per_sample.mean(), per_sample
+
+    grads, (mean, per_sample) = vmap(grad_and_value(mean_loss, has_aux=True), in_dims=(0, None))(
+        layout.unflatten(rows), (x, y))
+    ours = _vmapped_gradient(vmap(losses, in_dims=(0, None)), layout)(rows, (x, y))
+    assert torch.equal(ours[0], layout.flatten(grads, leading=1))
+    assert torch.equal(ours[1], mean) and torch.equal(ours[2], per_sample)
+    assert not ours[0].requires_grad and ours[0].abs().min() > 0
+
+
+def test_draws_do_not_depend_on_the_number_of_torch_threads():
+    # the chains' noise is drawn in one thread per torch thread; each chain keeps its stream
+    model = nn.Linear(3, 2)
+    x, y = torch.randn(10, 3), torch.randn(10, 2)
+    per_token = lambda m, batch: (m(batch[0]) - batch[1]) ** 2
+    config = SGLDConfig(epsilon=1e-3, nbeta=10.0, gamma=100.0, chains=5, draws=40, seed=8)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            runs.append(sample_losses(model, per_token, (x, y), config, progress=False).sampling)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+    assert not torch.equal(runs[0][0, 0], runs[0][0, 1])  # and the chains differ
+
+
 @pytest.mark.parametrize(
     "change, message",
     [({"epsilon": 0.0}, "epsilon"), ({"epsilon": float("nan")}, "epsilon"), ({"nbeta": -1.0}, "nbeta"),

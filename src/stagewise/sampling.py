@@ -33,6 +33,7 @@ import copy
 import hashlib
 import math
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, NamedTuple
@@ -182,13 +183,28 @@ def sgld_update(state: SGLDState, gradient: torch.Tensor, center: torch.Tensor, 
 
     With ``config.preconditioner == "none"``, ``G = 1`` (plain SGLD) and ``V`` stays as it was.
     """
-    drift = config.nbeta * gradient + config.gamma * (state.w - center)
+    new = SGLDState(state.w.clone(), state.V.clone())
+    _sgld_update_in_place(new, gradient, center, noise, config, [torch.empty_like(state.w) for _ in range(3)])
+    return new
+
+
+def _sgld_update_in_place(state: SGLDState, gradient: torch.Tensor, center: torch.Tensor, noise: torch.Tensor,
+                          config: SGLDConfig, scratch: Sequence[torch.Tensor]) -> None:
+    """:func:`sgld_update` written into ``state.w`` and ``state.V``, with three ``(S, d)``
+    ``scratch`` buffers and no allocation: the driver's step.  (Fresh ``(S, d)`` results of a
+    few MB each are page-faulted in at every step by the allocator, which cost more than the
+    arithmetic; the operations and their order are those of the formula, so the result is
+    bitwise the same.)"""
+    drift, root, term = scratch
+    torch.sub(state.w, center, out=drift).mul_(config.gamma)
+    drift.add_(torch.mul(gradient, config.nbeta, out=term))  # nβ·g + γ(w − w*)
     if config.preconditioner == "none":
-        return SGLDState(state.w - 0.5 * config.epsilon * drift + math.sqrt(config.epsilon) * noise, state.V)
-    V = state.V * config.decay + (1 - config.decay) * gradient * gradient
-    root = torch.rsqrt(V.sqrt() + config.stability)  # √G
-    w = state.w - 0.5 * config.epsilon * root * root * drift + math.sqrt(config.epsilon) * root * noise
-    return SGLDState(w, V)
+        state.w.sub_(drift.mul_(0.5 * config.epsilon)).add_(torch.mul(noise, math.sqrt(config.epsilon), out=term))
+        return
+    state.V.mul_(config.decay).add_(torch.mul(gradient, 1 - config.decay, out=term).mul_(gradient))
+    torch.sqrt(state.V, out=root).add_(config.stability).rsqrt_()  # √G
+    state.w.sub_(torch.mul(root, 0.5 * config.epsilon, out=term).mul_(root).mul_(drift))
+    state.w.add_(torch.mul(root, math.sqrt(config.epsilon), out=term).mul_(noise))
 
 
 def chain_seed(seed: int, checkpoint: int, chain: int) -> int:
@@ -501,13 +517,19 @@ def sample_losses(
         per_sample = losses(params, batch)
         return per_sample.mean(), per_sample
 
+    layout = FlatLayout(tuple(centers), tuple(v.shape[1:] for v in centers.values()))
     if vectorize is None:
         vectorize = dimension <= VMAP_MAX_PARAMETERS
     if vectorize:
-        gradient = vmap(grad_and_value(mean_loss, has_aux=True), in_dims=(0, None if full_batch else 0))
+        gradient = _vmapped_gradient(vmap(losses, in_dims=(0, None if full_batch else 0)), layout)
         evaluate = vmap(losses, in_dims=(0, None))
     else:
-        gradient = _one_by_one(grad_and_value(mean_loss, has_aux=True), batched_data=not full_batch)
+        one_by_one = _one_by_one(grad_and_value(mean_loss, has_aux=True), batched_data=not full_batch)
+
+        def gradient(rows: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            grads, (batch_loss, per_sample) = one_by_one(layout.unflatten(rows), batch)
+            return layout.flatten(grads, leading=1), batch_loss, per_sample
+
         evaluate = _one_by_one(losses, batched_data=False)
 
     with torch.no_grad():
@@ -522,7 +544,7 @@ def sample_losses(
     sets = [divmod(s, C) for s in mine]  # (local checkpoint, chain) of each set of this rank
     try:
         outcome = _run_chains(
-            gradient, evaluate, centers, sets, indices, initial, data, observables, config, dimension,
+            gradient, evaluate, centers, layout, sets, indices, initial, data, observables, config, dimension,
             full_batch=full_batch, m=m, n=n, record_sampling=record_sampling, on_divergence=on_divergence,
             progress=progress and rank == 0, device=device,
         )
@@ -552,7 +574,8 @@ def sample_losses(
 
 
 def _run_chains(
-    gradient: Callable, evaluate: Callable, centers: dict[str, torch.Tensor], sets: list[tuple[int, int]],
+    gradient: Callable, evaluate: Callable, centers: dict[str, torch.Tensor], layout: FlatLayout,
+    sets: list[tuple[int, int]],
     indices: Sequence[int], initial: torch.Tensor, data: Any, observables: Any, config: SGLDConfig, dimension: int,
     *, full_batch: bool, m: int, n: int, record_sampling: bool, on_divergence: str, progress: bool, device: torch.device,
 ) -> dict[str, Any]:
@@ -562,7 +585,6 @@ def _run_chains(
     S, T = len(sets), config.draws
     if S == 0:
         return {"sets": 0}
-    layout = FlatLayout(tuple(centers), tuple(v.shape[1:] for v in centers.values()))
     checkpoint_of = torch.tensor([k for k, _ in sets], device=device)
     # All parameters of one chain live in one flat row: w, V and w* are (S, d), so each step
     # updates every chain in a handful of tensor ops.
@@ -576,64 +598,64 @@ def _run_chains(
     warm = config.burn_in or 0  # None: nothing skipped, the warm-up is found from the trace afterwards
     steps = warm + config.thin * T
     block = max(1, min(NOISE_BLOCK_BYTES // (4 * dimension), steps))
-    noise = torch.empty(S, block, dimension, dtype=torch.float32, device=device)
+    noise = _NoiseBlocks(generators, block, dimension, device)
+    scratch = [torch.empty_like(center) for _ in range(3)]
     diverged_at = torch.full((S,), -1, dtype=torch.long, device=device)
     trace = torch.full((S, T), float("nan"), dtype=dtype, device=device)
     sampled = observed = None
     bar = progress_bar(range(steps), disable=not progress, desc=f"SGLD ({S} checkpoint × chain sets)", leave=False)
-    for step in bar:
-        if full_batch:
-            batch = data
-        else:
-            order = torch.stack([torch.randperm(n, generator=g, device=device)[:m] for g in generators])
-            batch = tree_map(lambda leaf: leaf[order], data)
-        params = layout.unflatten(state.w)
-        grads, (batch_loss, per_sample) = gradient(params, batch)
-        bad = (~torch.isfinite(batch_loss) | (batch_loss > threshold)) & (diverged_at < 0)
-        if bool(bad.any()):
-            if on_divergence == "raise":
-                b = int(bad.nonzero()[0, 0])
-                k, chain = sets[b]
-                raise SamplerDivergence(
-                    f"SGLD diverged at step {step} (chain {chain}, checkpoint {indices[k]}): batch loss "
-                    f"{batch_loss[b].item():.4g}, allowed at most {threshold[b].item():.4g}. "
-                    f"Hyperparameters: {config.describe()}. Try a smaller epsilon, a larger gamma or a smaller nbeta.")
-            diverged_at[bad] = step
-        dead = diverged_at >= 0
-        any_dead = bool(dead.any())
-        draw, skipped = divmod(step - warm, config.thin)
-        with torch.no_grad():
-            if draw >= 0 and skipped == 0:
-                trace[:, draw] = batch_loss.detach().masked_fill(dead, float("nan"))
-                if record_sampling:
-                    current = per_sample if full_batch else evaluate(params, data)
-                    if sampled is None:
-                        sampled = torch.full((S, T, current.shape[-1]), float("nan"), dtype=current.dtype,
-                                             device=device)
-                    sampled[:, draw] = current.masked_fill(dead[:, None], float("nan"))
-                if observables is not None:
-                    current = evaluate(params, observables)
-                    if observed is None:
-                        observed = torch.full((S, T, current.shape[-1]), float("nan"), dtype=current.dtype,
-                                              device=device)
-                    observed[:, draw] = current.masked_fill(dead[:, None], float("nan"))
-            g = layout.flatten(grads, leading=1)
-            # float32 normals are several times cheaper to draw, and their precision is ample
-            if step % block == 0:
-                for rows, generator in zip(noise, generators):
-                    rows.normal_(generator=generator)
-            state = sgld_update(state, g, center, noise[:, step % block].to(dtype), config)
-            if any_dead:  # a diverged chain rests at its checkpoint, out of harm's way
-                state = SGLDState(torch.where(dead[:, None], center, state.w), torch.where(dead[:, None], 0.0, state.V))
-        if any_dead and bool(dead.all()):  # nothing left to sample: stop, and say so
-            if progress:
-                bar.set_postfix_str(f"all {S} chains diverged by step {step}; stopped")
-            bar.close()
-            break
-        if progress and step % 50 == 0:
-            alive = ~dead
-            postfix = f"loss={batch_loss[alive].mean().item():.4g}"
-            bar.set_postfix_str(postfix + (f", {int(dead.sum())}/{S} diverged" if any_dead else ""))
+    try:
+        for step in bar:
+            if full_batch:
+                batch = data
+            else:
+                order = torch.stack([torch.randperm(n, generator=g, device=device)[:m] for g in generators])
+                batch = tree_map(lambda leaf: leaf[order], data)
+            params = layout.unflatten(state.w)
+            gradient_rows, batch_loss, per_sample = gradient(state.w, batch)
+            bad = (~torch.isfinite(batch_loss) | (batch_loss > threshold)) & (diverged_at < 0)
+            if bool(bad.any()):
+                if on_divergence == "raise":
+                    b = int(bad.nonzero()[0, 0])
+                    k, chain = sets[b]
+                    raise SamplerDivergence(
+                        f"SGLD diverged at step {step} (chain {chain}, checkpoint {indices[k]}): batch loss "
+                        f"{batch_loss[b].item():.4g}, allowed at most {threshold[b].item():.4g}. "
+                        f"Hyperparameters: {config.describe()}. Try a smaller epsilon, a larger gamma or a smaller nbeta.")
+                diverged_at[bad] = step
+            dead = diverged_at >= 0
+            any_dead = bool(dead.any())
+            draw, skipped = divmod(step - warm, config.thin)
+            with torch.no_grad():
+                if draw >= 0 and skipped == 0:
+                    trace[:, draw] = batch_loss.detach().masked_fill(dead, float("nan"))
+                    if record_sampling:
+                        current = per_sample if full_batch else evaluate(params, data)
+                        if sampled is None:
+                            sampled = torch.full((S, T, current.shape[-1]), float("nan"), dtype=current.dtype,
+                                                 device=device)
+                        sampled[:, draw] = current.masked_fill(dead[:, None], float("nan"))
+                    if observables is not None:
+                        current = evaluate(params, observables)
+                        if observed is None:
+                            observed = torch.full((S, T, current.shape[-1]), float("nan"), dtype=current.dtype,
+                                                  device=device)
+                        observed[:, draw] = current.masked_fill(dead[:, None], float("nan"))
+                _sgld_update_in_place(state, gradient_rows, center, noise.step(step).to(dtype), config, scratch)
+                if any_dead:  # a diverged chain rests at its checkpoint, out of harm's way
+                    state.w[dead] = center[dead]
+                    state.V[dead] = 0.0
+            if any_dead and bool(dead.all()):  # nothing left to sample: stop, and say so
+                if progress:
+                    bar.set_postfix_str(f"all {S} chains diverged by step {step}; stopped")
+                bar.close()
+                break
+            if progress and step % 50 == 0:
+                alive = ~dead
+                postfix = f"loss={batch_loss[alive].mean().item():.4g}"
+                bar.set_postfix_str(postfix + (f", {int(dead.sum())}/{S} diverged" if any_dead else ""))
+    finally:
+        noise.close()
     if record_sampling and sampled is None:  # every chain diverged before the first draw
         with torch.no_grad():
             width = evaluate(layout.unflatten(center[:1]), data).shape[-1]
@@ -647,6 +669,61 @@ def _run_chains(
         return None if x is None else x.cpu()
 
     return {"sets": S, "sampling": cpu(sampled), "observables": cpu(observed), "trace": trace.cpu(), "diverged_at": diverged_at.cpu()}
+
+
+class _NoiseBlocks:
+    """The standard normal noise of every chain, ``block`` steps at a time from each chain's own
+    generator, in float32 (several times cheaper to draw than float64, and ample).  On the CPU
+    each generator is a serial Mersenne Twister, the largest single cost of a small model's
+    step, so the chains' generators run in parallel threads (one per torch thread); each chain
+    still draws its own stream in its own order.  (Drawing the next block while the current one
+    is used was slower on two cores: the drawing thread competes with torch's own threads.)"""
+
+    def __init__(self, generators: Sequence[torch.Generator], block: int, dimension: int, device: torch.device) -> None:
+        self.generators, self.block = list(generators), block
+        self.rows = torch.empty(len(generators), block, dimension, dtype=torch.float32, device=device)
+        workers = min(torch.get_num_threads(), len(generators)) if device.type == "cpu" else 1
+        self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
+        bounds = np.linspace(0, len(generators), workers + 1).astype(int)
+        self.shares = [range(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+    def _fill(self, chains: range) -> None:
+        for c in chains:
+            self.rows[c].normal_(generator=self.generators[c])
+
+    def step(self, step: int) -> torch.Tensor:
+        """The noise of ``step``, ``(S, d)``, drawing the next block when ``step`` starts one."""
+        if step % self.block == 0:
+            if self.pool is None:
+                self._fill(range(len(self.generators)))
+            else:
+                for drawn in [self.pool.submit(self._fill, chains) for chains in self.shares]:
+                    drawn.result()
+        return self.rows[:, step % self.block]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def _vmapped_gradient(batched_losses: Callable, layout: FlatLayout) -> Callable:
+    """``gradient(rows, batch)`` for parameter sets flattened to ``rows`` ``(S, d)``: the gradient
+    of each set's mean batch loss ``(S, d)``, that mean ``(S,)`` and the per-sample losses.
+
+    One backward pass of ordinary autograd through the ``vmap``-ed forward pass, of the sum of
+    the sets' means (the sets share no weights, so each row of its gradient is that set's):
+    the same operations as ``vmap(grad(...))``, and the same numbers, without the functorch
+    layer that costs more than the arithmetic for a small model."""
+
+    def gradient(rows: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = rows.detach().requires_grad_(True)
+        with torch.enable_grad():
+            per_sample = batched_losses(layout.unflatten(rows), batch)
+            mean = per_sample.mean(dim=tuple(range(1, per_sample.ndim)))
+            (grad,) = torch.autograd.grad(mean.sum(), rows)
+        return grad, mean.detach(), per_sample.detach()
+
+    return gradient
 
 
 def _one_by_one(function: Callable, batched_data: bool) -> Callable:
