@@ -56,6 +56,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
 	$(BIN)/python bench/bif_devinterp.py
 	$(BIN)/python bench/lm_draw_cost.py
+	$(BIN)/python bench/fused_update.py
 
 clean:
 	rm -rf _build
