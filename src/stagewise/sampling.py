@@ -513,10 +513,6 @@ def sample_losses(
     def losses(params: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
         return functional_call(objective, {f"model.{k}": v for k, v in params.items()}, (batch,), strict=False)
 
-    def mean_loss(params: dict[str, torch.Tensor], batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        per_sample = losses(params, batch)
-        return per_sample.mean(), per_sample
-
     layout = FlatLayout(tuple(centers), tuple(v.shape[1:] for v in centers.values()))
     if vectorize is None:
         vectorize = dimension <= VMAP_MAX_PARAMETERS
@@ -524,6 +520,10 @@ def sample_losses(
         gradient = _vmapped_gradient(vmap(losses, in_dims=(0, None if full_batch else 0)), layout)
         evaluate = vmap(losses, in_dims=(0, None))
     else:
+        def mean_loss(params: dict[str, torch.Tensor], batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            per_sample = losses(params, batch)
+            return per_sample.mean(), per_sample
+
         one_by_one = _one_by_one(grad_and_value(mean_loss, has_aux=True), batched_data=not full_batch)
 
         def gradient(rows: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -580,8 +580,8 @@ def _run_chains(
     *, full_batch: bool, m: int, n: int, record_sampling: bool, on_divergence: str, progress: bool, device: torch.device,
 ) -> dict[str, Any]:
     """The driver for the parameter sets ``sets`` (pairs of local checkpoint and chain): draws
-    minibatches and noise from each chain's stream, applies :func:`sgld_update`, records the
-    losses and checks health.  Returns CPU tensors with one row per set."""
+    minibatches and noise from each chain's stream, applies :func:`sgld_update` (in place),
+    records the losses and checks health.  Returns CPU tensors with one row per set."""
     S, T = len(sets), config.draws
     if S == 0:
         return {"sets": 0}
@@ -611,7 +611,6 @@ def _run_chains(
             else:
                 order = torch.stack([torch.randperm(n, generator=g, device=device)[:m] for g in generators])
                 batch = tree_map(lambda leaf: leaf[order], data)
-            params = layout.unflatten(state.w)
             gradient_rows, batch_loss, per_sample = gradient(state.w, batch)
             bad = (~torch.isfinite(batch_loss) | (batch_loss > threshold)) & (diverged_at < 0)
             if bool(bad.any()):
@@ -628,6 +627,7 @@ def _run_chains(
             draw, skipped = divmod(step - warm, config.thin)
             with torch.no_grad():
                 if draw >= 0 and skipped == 0:
+                    params = layout.unflatten(state.w)
                     trace[:, draw] = batch_loss.detach().masked_fill(dead, float("nan"))
                     if record_sampling:
                         current = per_sample if full_batch else evaluate(params, data)
